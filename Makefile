@@ -1,0 +1,57 @@
+# SepsisAgent compendium. Quick start: `make paper` then `make test` (see README.md).
+PROFILE ?= default
+SOURCE  ?= synthicu
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+KERNEL  := sepsisagent
+RESULTS := results/$(PROFILE)
+# Every numbered notebook, in order (library notebooks 00-8x, benchmarks 9x).
+NOTEBOOKS := $(sort $(wildcard nbs/[0-9][0-9]_*.ipynb))
+
+.PHONY: paper test lib data clean distclean install help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make paper [PROFILE=quick|default|paper]  run every notebook with papermill into results/<profile>/"
+	@echo "make test                                 nbdev_test (quick profile) + pytest tests/"
+	@echo "make data [PROFILE=..] [SOURCE=demo]      build the raw MIMIC-IV-format data for a profile"
+	@echo "make lib                                  export nbs/ to the sepsisagent package"
+	@echo "make clean | distclean                    remove generated data/results | and the venv"
+
+install: $(STAMP)
+$(STAMP): settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (sepsisagent)" >/dev/null
+	touch $@
+
+lib: $(STAMP)
+	$(BIN)/nbdev_export
+
+data: $(STAMP)
+	$(BIN)/python -c "from sepsisagent.mimic import build_raw_data; print(build_raw_data('$(PROFILE)', '$(SOURCE)'))"
+
+paper: $(STAMP) lib
+	@mkdir -p $(RESULTS)/notebooks
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($(PROFILE))"; \
+	  SEPSISAGENT_PROFILE=$(PROFILE) $(BIN)/papermill --log-level WARNING -k $(KERNEL) --cwd nbs \
+	    -p profile $(PROFILE) $$nb $(RESULTS)/notebooks/$$(basename $$nb); \
+	done
+	@echo "Executed notebooks in $(RESULTS)/notebooks; tables, figures and benchmarks in $(RESULTS)/"
+
+test: $(STAMP) lib
+	$(BIN)/python -c "from sepsisagent.mimic import build_raw_data; print(build_raw_data('quick'))"
+	SEPSISAGENT_PROFILE=quick SEPSISAGENT_QUIET=1 $(BIN)/nbdev_test --path nbs --n_workers 2 --timing
+	SEPSISAGENT_PROFILE=quick SEPSISAGENT_QUIET=1 $(BIN)/pytest -q tests
+
+clean:
+	rm -rf data/raw/synthicu data/processed results/quick results/*/notebooks results/*/models results/*/rollouts
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
