@@ -174,7 +174,8 @@ def build_once(path: Path | str, # the artifact (file or directory)
 # %% ../nbs/00_core.ipynb
 def progress(it: Iterable, desc: str = '', total: int | None = None, **kw):
     "A tqdm progress bar, silenced when SEPSISAGENT_QUIET is set (as in CI)."
-    return tqdm(it, desc=desc, total=total, disable=bool(os.environ.get('SEPSISAGENT_QUIET')), **kw)
+    disable = kw.pop('disable', False) or bool(os.environ.get('SEPSISAGENT_QUIET'))
+    return tqdm(it, desc=desc, total=total, disable=disable, **kw)
 
 def get_device(profile: Profile | None = None) -> str:
     "'cuda' when asked for and available (or 'auto' and available), else 'cpu'."

@@ -192,7 +192,7 @@ def draw_patients(site: Site, n: int, seed: int) -> pd.DataFrame:
             liver0=float(np.clip(r.normal(0.1, 0.08) + 0.3 * has[names.index('severe_liver_disease')], 0, 0.9)),
             coag0=float(np.clip(r.normal(0.7 * organ_base, 0.15 if septic else 0.05), 0, 0.9)),
             brain0=float(np.clip(r.normal(0.6 * organ_base, 0.15 if septic else 0.05), 0, 0.9)),
-            lactate0=float(r.lognormal(0.4, 0.45)) if septic else float(r.lognormal(0.2, 0.35)),
+            lactate0=float(r.lognormal(0.2, 0.45)) if septic else float(r.lognormal(0.2, 0.35)),
             # lab baselines (what this patient runs at when well)
             cr_base=float(r.lognormal(-0.15, 0.3)) * (1.8 if has[names.index('renal_disease')] else 1.0),
             bun_base=float(r.lognormal(2.95, 0.4)), bili_base=float(r.lognormal(-0.45, 0.55)),
@@ -200,7 +200,7 @@ def draw_patients(site: Site, n: int, seed: int) -> pd.DataFrame:
             plt_base=float(np.clip(r.normal(240, 85), 40, 700)), wbc_base=float(r.lognormal(2.05, 0.3)),
             hgb_base=float(np.clip(r.normal(10.8, 1.8), 6.5, 17)), alb_base=float(np.clip(r.normal(3.1, 0.4), 1.6, 4.6)),
             na_base=float(r.normal(138.8, 4.3)), k_base=float(r.normal(4.05, 0.45)), cl_base=float(r.normal(103.5, 5.0)),
-            hco3_base=float(r.normal(26.3, 3.2)), glu_base=float(r.lognormal(4.83, 0.3)), mg_base=float(r.normal(2.08, 0.3)),
+            hco3_base=float(r.normal(26.9, 3.2)), glu_base=float(r.lognormal(4.83, 0.3)), mg_base=float(r.normal(2.08, 0.3)),
             ca_base=float(r.normal(8.4, 0.55)), inr_base=float(r.lognormal(0.12, 0.2)), ptt_base=float(r.lognormal(3.45, 0.25)),
             temp_sign=float(1.0 if r.random() < 0.8 else -0.6),
             # the clinicians caring for this patient: over-(+) or under-(-)treatment and reassessment frequency
@@ -320,7 +320,7 @@ def physiology(s: dict, p: dict, ned: np.ndarray, fio2: np.ndarray, vent: np.nda
         gcs_eye_true=np.where(vent, 2.6 - 1.6 * brain_now, 4 - 2.0 * brain_now),
         gcs_verbal_true=np.where(vent, 1.0, 5 - 3.2 * brain_now),
         gcs_motor_true=np.where(vent, 5.2 - 2.6 * brain_now, 6 - 2.5 * brain_now),
-        urine_ml_h=105 * np.maximum(1 - np.minimum(kid, 1), 0) ** 1.5 * np.clip((meanbp - 50) / 25, 0, 1.3) * (1 + 0.4 * np.tanh(s['vol'])),
+        urine_ml_h=125 * np.maximum(1 - np.minimum(kid, 1), 0) ** 1.5 * np.clip((meanbp - 50) / 25, 0, 1.3) * (1 + 0.4 * np.tanh(s['vol'])),
     )
     return v
 
@@ -347,8 +347,8 @@ def advance(s: dict, p: dict, v: dict, fluid_l: np.ndarray, ned: np.ndarray, abx
         liver=relu(s['liver'] + 0.01 * hp + 0.0015 * inf - 0.004 * s['liver'] * (hp == 0)),
         coag=relu(s['coag'] + 0.007 * inf - 0.006 * s['coag'] * (inf < 0.5)),
         brain=relu(s['brain'] + 0.004 * hp - 0.004 * s['brain']),
-        lac=np.clip(s['lac'] + 0.38 * hp + 0.3 * relu(ned - 0.3) + 0.6 * unneeded_vaso + 0.04 * inf
-                    - 0.09 * (s['lac'] - 0.9) * (1 - 0.5 * np.minimum(s['liver'], 1)) + 0.04 * s['lac'] * n('lac'), 0.3, 25),
+        lac=np.clip(s['lac'] + 0.3 * hp + 0.3 * relu(ned - 0.3) + 0.6 * unneeded_vaso + 0.04 * inf
+                    - 0.11 * (s['lac'] - 0.9) * (1 - 0.5 * np.minimum(s['liver'], 1)) + 0.04 * s['lac'] * n('lac'), 0.3, 25),
         map_ar=0.8 * s['map_ar'] + 2.4 * n('map_ar'), hr_ar=0.8 * s['hr_ar'] + 3.6 * n('hr_ar'),
         rr_ar=0.7 * s['rr_ar'] + 1.8 * n('rr_ar'))
     return out
@@ -485,6 +485,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
              hours: int, # hours simulated after ICU admission
              policy: Callable | None = None, # None: the clinicians; else f(obs4: dict, step) -> (vaso_levels, fluid_levels)
              doses: Doses | None = None, # level -> dose map for `policy`
+             show_progress: bool = False, # a progress bar over hours
              ) -> SimResult:
     "Simulate every stay of `params` from ICU admission, all stays at once, hour by hour."
     doses = doses or Doses()
@@ -528,7 +529,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     urine_hist = []  # 4-hourly urine sums for the 24-h SOFA renal score
     active = np.ones(N, bool); end_hour = np.full(N, H, float); died_icu = np.zeros(N, bool)
     level_doses = None
-    for h in range(H):
+    for h in progress(range(H), desc=f'SynthICU: {N} stays', disable=not show_progress, leave=False):
         ned = t['ned_main'] + t['vasopressin_u_h'] * VASOPRESSORS['vasopressin'][3]
         v = physiology(s, P, ned, t['fio2'], t['vent'], t['cum_fluid_l'])
         # -- the monitor charts the vitals of the state at hour h
@@ -881,7 +882,7 @@ def write_site(res: SimResult, # a simulation of one site
     p = res.params
     first = ids.readmission_of.to_numpy() < 0
     con = duckdb.connect()
-    con.execute("SET threads TO 2")
+    con.execute("SET threads TO 2"); con.execute("SET enable_progress_bar = false")
     counts = {}
     join = lambda ev: ev.merge(ids[['stay_idx', 'subject_id', 'hadm_id', 'stay_id']], on='stay_idx', how='left')
     hosp, icu = out / 'hosp', out / 'icu'
@@ -988,7 +989,7 @@ def generate_site(site: Site, n_stays: int, hours: int, seed: int, out: Path, do
     t0 = time.perf_counter()
     params = draw_patients(site, n_stays, seed)
     t1 = time.perf_counter()
-    res = simulate(params, hours)
+    res = simulate(params, hours, show_progress=True)
     t2 = time.perf_counter()
     doses = doses or clinician_doses(res, _valid_steps(res))
     res.actions4[..., 0], res.actions4[..., 1] = doses.levels(res.ned4, res.fluid4)
@@ -1148,15 +1149,15 @@ def plot_calibration(tab: pd.DataFrame, path: Path | str, title: str = 'SynthICU
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt, seaborn as sns
     sns.set_theme(style='whitegrid', font_scale=0.8)
-    fig, ax = plt.subplots(figsize=(7, 9))
+    fig, ax = plt.subplots(figsize=(7, 9.5))
     y = np.arange(len(tab))[::-1]
     ax.axvspan(-0.5, 0.5, color='0.9', label='target: |mean - MIMIC| <= 0.5 sd')
     ax.errorbar(np.zeros(len(tab)), y + 0.15, xerr=1, fmt='s', color='0.3', ms=3, lw=1, label='MIMIC-IV (mean ± sd)')
     ax.errorbar(tab.z, y - 0.15, xerr=tab.synthicu_sd / tab.mimic_sd, fmt='o', ms=3, lw=1,
-                color=np.where(tab.within_0_5_sd, 'C0', 'C3').tolist()[0], label='SynthICU (mean ± sd)')
+                color='C0', label='SynthICU (mean ± sd)')
     ax.scatter(tab.z[~tab.within_0_5_sd], y[~tab.within_0_5_sd.to_numpy()] - 0.15, color='C3', zorder=5, s=14, label='outside target')
     ax.set_yticks(y, tab.feature); ax.set_xlabel('standardized by MIMIC-IV mean and sd'); ax.set_xlim(-3, 3)
-    ax.set_title(title); ax.legend(loc='lower right', fontsize=7)
+    ax.set_title(title); ax.legend(loc='upper center', bbox_to_anchor=(0.4, -0.06), ncol=2, fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=130); plt.close(fig)
     return path
 
