@@ -39,7 +39,7 @@ paper: $(STAMP) lib
 	@mkdir -p $(RESULTS)/notebooks
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  SEPSISAGENT_PROFILE=$(PROFILE) $(BIN)/papermill --log-level WARNING -k $(KERNEL) --cwd nbs \
+	  SEPSISAGENT_PROFILE=$(PROFILE) $(BIN)/papermill --no-progress-bar --log-level WARNING -k $(KERNEL) --cwd nbs \
 	    -p profile $(PROFILE) $$nb $(RESULTS)/notebooks/$$(basename $$nb); \
 	done
 	@echo "Executed notebooks in $(RESULTS)/notebooks; tables, figures and benchmarks in $(RESULTS)/"

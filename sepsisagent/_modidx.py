@@ -114,6 +114,7 @@ d = { 'settings': { 'branch': 'main',
                                                                                  'sepsisagent/synthicu.py'),
                                       'sepsisagent.synthicu.raghu_rewards': ('synthicu.html#raghu_rewards', 'sepsisagent/synthicu.py'),
                                       'sepsisagent.synthicu.simulate': ('synthicu.html#simulate', 'sepsisagent/synthicu.py'),
+                                      'sepsisagent.synthicu.site_summary': ('synthicu.html#site_summary', 'sepsisagent/synthicu.py'),
                                       'sepsisagent.synthicu.sofa_components': ('synthicu.html#sofa_components', 'sepsisagent/synthicu.py'),
                                       'sepsisagent.synthicu.write_site': ('synthicu.html#write_site', 'sepsisagent/synthicu.py'),
                                       'sepsisagent.synthicu.write_truth': ('synthicu.html#write_truth', 'sepsisagent/synthicu.py')}}}

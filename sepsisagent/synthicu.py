@@ -23,7 +23,7 @@ __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS'
            'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses', 'SimResult',
            'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
            'load_or_build_synthicu', 'ffill_steps', 'observed_sofa', 'raghu_rewards', 'Rollout', 'SynthICU',
-           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response']
+           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -882,7 +882,7 @@ def write_site(res: SimResult, # a simulation of one site
     p = res.params
     first = ids.readmission_of.to_numpy() < 0
     con = duckdb.connect()
-    con.execute("SET threads TO 2"); con.execute("SET enable_progress_bar = false")
+    con.execute('SET enable_progress_bar = false')   # (inside Jupyter this needs ipywidgets, a declared dependency)
     counts = {}
     join = lambda ev: ev.merge(ids[['stay_idx', 'subject_id', 'hadm_id', 'stay_id']], on='stay_idx', how='left')
     hosp, icu = out / 'hosp', out / 'icu'
@@ -1171,3 +1171,18 @@ def map_response(params: pd.DataFrame, policy_a: Callable, policy_b: Callable, d
     a = simulate(params, at + 1, policy=policy_a, doses=doses); b = simulate(params, at + 1, policy=policy_b, doses=doses)
     d = b.latent['meanbp'][:, at] - a.latent['meanbp'][:, at]
     return d[~np.isnan(d)]
+
+# %% ../nbs/01_synthicu.ipynb
+def site_summary(root: Path | str) -> pd.DataFrame:
+    "Case mix, practice and outcomes of the septic stays of each site (from truth/)."
+    rows = {}
+    for name, d in [('site A', Path(root)), ('site B', Path(root) / 'site_b')]:
+        st, sp = pd.read_parquet(d / 'truth' / 'stays.parquet'), pd.read_parquet(d / 'truth' / 'steps.parquet')
+        sep = st[st.septic & (st.readmission_of_stay_id < 0)]
+        x = sp[sp.stay_id.isin(sep.stay_id)]
+        rows[name] = {'stays': len(st), 'septic stays': len(sep), 'age (mean)': sep.age.mean(), 'Charlson (mean)': sep.charlson.mean(),
+                      'fluid responders (responsiveness > 0.5)': (sep.responsiveness > 0.5).mean(),
+                      'vasopressor windows': (x.vaso_level > 0).mean(), 'IV fluid mL per 4 h (mean)': x.fluid_ml.mean(),
+                      'first vasopressor not norepinephrine': (sep.drug > 0).mean(), 'antibiotic delay h (median)': sep.abx_hour.median(),
+                      'ICU mortality': sep.died_icu.mean(), '90-day mortality': sep.died_90d.mean()}
+    return pd.DataFrame(rows).round(3)
