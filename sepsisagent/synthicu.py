@@ -182,7 +182,7 @@ def draw_patients(site: Site, n: int, seed: int) -> pd.DataFrame:
             # infection and circulation
             infection0=float(r.lognormal(0.1, 0.45)) if septic else float(r.uniform(0.05, 0.25)) if arch == 'suspected' else 0.0,
             abx_effect=float(r.beta(5, 2)), infection_growth=float(r.normal(0.025, 0.01)),
-            volume0=float(-abs(r.normal(1.6 if septic else 0.5, 0.9))),
+            volume0=float(-abs(r.normal(1.3 if septic else 0.4, 0.8))),
             responsiveness=float(r.beta(*site.responder_beta)), vaso_sensitivity=float(r.lognormal(0, 0.35)),
             cardiac=float(np.clip(r.normal(1.0 - 0.18 * has[names.index('congestive_heart_failure')] - (0.25 if arch == 'not_infected' and r.random() < .5 else 0), 0.12), 0.45, 1.3)),
             map_offset=float(r.normal(0, 5)), hr_offset=float(r.normal(0, 9)),
@@ -285,10 +285,10 @@ def initial_state(p: pd.DataFrame) -> dict[str, np.ndarray]:
 def physiology(s: dict, p: dict, ned: np.ndarray, fio2: np.ndarray, vent: np.ndarray, cum_fluid_l: np.ndarray) -> dict:
     "True (noise-free) values of every observable, in MIMIC units, for the hidden state `s` under the current treatment."
     relu = lambda x: np.maximum(x, 0)
-    co = p['cardiac'] * (1 + 0.6 * p['responsiveness'] * np.tanh(s['vol'] / 1.0)) * (1 - 0.12 * relu(s['vol'] - 2.5))
+    co = p['cardiac'] * (1 + 0.7 * p['responsiveness'] * np.tanh(s['vol'] / 1.0)) * (1 - 0.12 * relu(s['vol'] - 2.5))
     svr = s['tone'] + p['vaso_sensitivity'] * 0.65 * ned / (ned + 0.12)
     meanbp = np.clip(43 + 46 * co * svr + p['map_offset'] + s['map_ar'], 25, 160)
-    pulse = np.clip(63 * co * (1 + 0.004 * (p['age'] - 60)), 18, 110)
+    pulse = np.clip(67 * co * (1 + 0.004 * (p['age'] - 60)), 18, 110)
     hypoperf = relu(65 - meanbp) / 15 + relu(0.8 - co) / 0.3
     brain_now = s['brain'] + 0.35 * hypoperf + 0.12 * s['inf']
     pf = np.clip(470 * (1 - 0.8 * np.minimum(s['lung'], 1.0)) - 30 * relu(s['edema'] - 3), 45, 560)
@@ -628,7 +628,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     last = np.clip(end_hour.astype(int) - 1, 0, H - 1)
     idx = np.arange(N)
     sofa_end, lac_end, vent_end = latent['sofa_true'][idx, last], latent['lac'][idx, last], treat['vent'][idx, last]
-    post_logit = (-3.5 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
+    post_logit = (-3.7 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
                   + 0.6 * vent_end + 0.9 * (end_hour >= H))
     dies_after = ~died_icu & (crn.uniform(0, CH['post']) < 1 / (1 + np.exp(-post_logit)))
     death_day = np.where(died_icu, end_hour / 24, np.where(dies_after, end_hour / 24 + 1 + 88 * crn.uniform(0, CH['post_days']) ** 1.5, np.nan))
