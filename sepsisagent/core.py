@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 # %% auto 0
 __all__ = ['PROFILES', 'PROFILE_ENV', 'Profile', 'get_profile', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
            'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
-           'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'file_lock', 'build_once', 'progress',
-           'get_device']
+           'module_fingerprint', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'file_lock', 'build_once',
+           'progress', 'get_device']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -116,6 +116,13 @@ def provenance(profile: Profile, **inputs) -> dict:
     "What made an artifact: profile name and knobs, seed, code version, time, plus `inputs`."
     return dict(profile=profile.name, seed=profile.seed, code_version=git_commit(),
                 created=time.strftime('%Y-%m-%dT%H:%M:%S'), profile_knobs=asdict(profile), inputs=inputs)
+
+def module_fingerprint(module: str) -> str:
+    "A short hash of a module's source file: part of an artifact's inputs, so changed code rebuilds it."
+    import hashlib, importlib.util
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin: raise ModuleNotFoundError(f"No module {module!r} to fingerprint")
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
 
 def sidecar_path(path: Path | str) -> Path:
     path = Path(path)
