@@ -18,12 +18,12 @@ from .core import (Profile, get_profile, derive_seed, raw_dir, build_once, prove
 # %% auto 0
 __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS', 'CHART_ITEMS', 'LAB_ITEMS', 'VASOPRESSORS',
            'FLUIDS', 'URINE_ITEM', 'VENT_ITEM', 'BLOOD_CULTURE', 'ANTIBIOTICS', 'SITE_A', 'SITE_B', 'CHARLSON', 'STATE',
-           'CH', 'DRUGS', 'SITES', 'VITAL_NOISE', 'PANELS', 'LAB_CV', 'GCS_TEXT', 'LAB_DECIMALS', 'Site',
-           'charlson_age_points', 'draw_patients', 'CRN', 'sofa_components', 'initial_state', 'physiology', 'advance',
-           'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses', 'SimResult', 'simulate',
-           'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu', 'load_or_build_synthicu',
-           'ffill_steps', 'observed_sofa', 'raghu_rewards', 'Rollout', 'SynthICU', 'calibration_table',
-           'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
+           'CH', 'DRUGS', 'SITES', 'DECISION_OFFSET_H', 'VITAL_NOISE', 'PANELS', 'LAB_CV', 'GCS_TEXT', 'LAB_DECIMALS',
+           'Site', 'charlson_age_points', 'draw_patients', 'CRN', 'sofa_components', 'initial_state', 'physiology',
+           'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses', 'SimResult',
+           'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
+           'load_or_build_synthicu', 'ffill_steps', 'observed_sofa', 'raghu_rewards', 'Rollout', 'SynthICU',
+           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -433,6 +433,7 @@ def _level_policy_doses(policy: Callable, obs4: dict, k: int, doses: Doses) -> t
     return lv, lf, np.asarray(doses.vaso)[lv], np.asarray(doses.fluid)[lf] / 4.0
 
 # %% ../nbs/01_synthicu.ipynb
+DECISION_OFFSET_H = 1   # decision k at intime + 4k + 1 h (see the time convention above)
 VITAL_NOISE = dict(heart_rate=2.0, sysbp=4.0, diabp=3.0, meanbp=3.0, resp_rate=1.5, spo2=0.8)
 PANELS = {'bmp': ['bicarbonate', 'bun', 'calcium_total', 'chloride', 'creatinine', 'glucose', 'magnesium', 'potassium',
                   'sodium', 'hemoglobin', 'hematocrit', 'platelet', 'wbc'],
@@ -466,7 +467,7 @@ class SimResult:
     latent: dict                    # hidden state and true values -> [N, H]
     obs4: np.ndarray                # [N, K, 39] observed 4-hourly state (raw units; NaN = unmeasured)
     vent4: np.ndarray               # [N, K] ventilated at the decision time
-    actions4: np.ndarray            # [N, K, 2] levels given in [4k, 4k+4): from the policy, or binned clinician doses
+    actions4: np.ndarray            # [N, K, 2] levels given in [4k+1, 4k+5) h: from the policy, or binned clinician doses
     ned4: np.ndarray                # [N, K] max NE-equivalent dose in the window; fluid4 likewise (mL)
     fluid4: np.ndarray
     end_hour: np.ndarray            # [N] hours in ICU (death, discharge or the horizon)
@@ -478,8 +479,8 @@ class SimResult:
 
     @property
     def n_steps(self) -> np.ndarray:
-        "4-hourly decision steps of each stay (decisions at 0, 4, ... before leaving the ICU), at most 20."
-        return np.minimum(np.ceil(self.end_hour / 4).astype(int), 20)
+        "4-hourly decision steps of each stay (decisions at hours 1, 5, 9, ... before leaving the ICU), at most 20."
+        return np.clip(np.ceil((self.end_hour - DECISION_OFFSET_H) / 4).astype(int), 0, 20)
 
 def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
              hours: int, # hours simulated after ICU admission
@@ -489,7 +490,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
              ) -> SimResult:
     "Simulate every stay of `params` from ICU admission, all stays at once, hour by hour."
     doses = doses or Doses()
-    N, H, K = len(params), hours, (hours + 3) // 4
+    N, H, K = len(params), hours, (hours - DECISION_OFFSET_H + 3) // 4
     P = {c: params[c].to_numpy() for c in params.columns if params[c].dtype != object}
     P.update(_site_params(params))
     crn = CRN(params.seed.to_numpy(np.uint64))
@@ -561,7 +562,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
                     gcs_total=gcs['gcs_eye'] + gcs['gcs_verbal'] + gcs['gcs_motor'] + np.where(t['vent'], 4, 0),  # verbal unassessable when intubated
                     pf_ratio_obs=np.nan_to_num(lab_last['pao2'], nan=95) / t['fio2'])
         # -- every 4 hours: the observed 4-hourly state, and the policy under test
-        if h % 4 == 0:
+        if h % 4 == DECISION_OFFSET_H:
             k = h // 4
             row = np.full((N, 39), np.nan)
             for j, c in enumerate(FEATURES[:-1]):
@@ -578,7 +579,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
                 actions4[:, k, 0], actions4[:, k, 1] = level_doses[0], level_doses[1]
         # -- the clinicians' hourly decisions
         clinician_airway(t, seen, P, crn, h)
-        if policy is None:
+        if policy is None or h < DECISION_OFFSET_H:
             clinician_fluids_and_vasopressors(t, seen, P, crn, h)
         else:
             t['ned_main'], t['vasopressin_u_h'] = level_doses[2].astype(float), np.zeros(N)
@@ -589,8 +590,9 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
         for c in ['bolus_ml', 'maint_ml_h', 'ned_main', 'vasopressin_u_h', 'vent', 'fio2']:
             treat[c][:, h] = np.where(active, t[c], np.nan)
         treat['ned'][:, h] = np.where(active, ned, np.nan)
-        k = h // 4
-        ned4[:, k] = np.maximum(ned4[:, k], np.where(active, ned, 0)); fluid4[:, k] += np.where(active, fluid_ml, 0)
+        if h >= DECISION_OFFSET_H:
+            k = (h - DECISION_OFFSET_H) // 4
+            ned4[:, k] = np.maximum(ned4[:, k], np.where(active, ned, 0)); fluid4[:, k] += np.where(active, fluid_ml, 0)
         # -- blood drawn this hour (charted within the hour)
         probs = _panel_probs(h, dict(seen, ned=ned), t['vent'])
         lab_minute[:, h] = np.where(active, 5 + 50 * crn.uniform(h, CH['lab_minute']), np.nan)
@@ -1037,8 +1039,8 @@ def observed_sofa(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -
     csum = np.cumsum(urine, axis=1)
     k = np.arange(urine.shape[1])
     last6 = csum - np.concatenate([np.zeros((len(urine), 6)), csum[:, :-6]], 1)[:, :urine.shape[1]]
-    n_win = np.minimum(k + 1, 6)
-    urine24 = np.where(k >= 1, last6 * 6 / n_win, np.nan)      # no urine yet at admission: not scored
+    hours = np.where(k < 6, 1 + 4 * k, 24)                  # window 0 holds one hour of urine, the others four
+    urine24 = np.where(k >= 1, last6 * 24 / hours, np.nan)   # too little urine collected at the first decision: not scored
     gcs = f['gcs_eye'] + f['gcs_verbal'] + f['gcs_motor']
     return sofa_components(f['pao2'], f['fio2'], vent4, f['platelet'], f['bilirubin_total'], f['meanbp'], gcs,
                            f['creatinine'], urine24, vaso_level=vaso_level)['sofa_total']
