@@ -182,10 +182,10 @@ def draw_patients(site: Site, n: int, seed: int) -> pd.DataFrame:
             # infection and circulation
             infection0=float(r.lognormal(0.1, 0.45)) if septic else float(r.uniform(0.05, 0.25)) if arch == 'suspected' else 0.0,
             abx_effect=float(r.beta(5, 2)), infection_growth=float(r.normal(0.025, 0.01)),
-            volume0=float(-abs(r.normal(1.3 if septic else 0.4, 0.8))),
+            volume0=float(-abs(r.normal(*{'septic': (1.3, 0.8), 'suspected': (0.2, 0.4), 'not_infected': (0.5, 0.8)}[arch]))),
             responsiveness=float(r.beta(*site.responder_beta)), vaso_sensitivity=float(r.lognormal(0, 0.35)),
             cardiac=float(np.clip(r.normal(1.0 - 0.18 * has[names.index('congestive_heart_failure')] - (0.25 if arch == 'not_infected' and r.random() < .5 else 0), 0.12), 0.45, 1.3)),
-            map_offset=float(r.normal(0, 5)), hr_offset=float(r.normal(0, 9)),
+            map_offset=float(r.normal(7 if arch == 'suspected' else 0, 5)), hr_offset=float(r.normal(0, 9)),
             # organs: baseline damage (0 = healthy) and susceptibility
             lung0=float(np.clip(r.normal(organ_base, 0.2 if septic else 0.08) + 0.1 * frail, 0, 0.9)),
             kidney0=float(np.clip(r.normal(0.7 * organ_base, 0.15 if septic else 0.06) + 0.2 * has[names.index('renal_disease')], 0, 0.9)),
@@ -194,7 +194,7 @@ def draw_patients(site: Site, n: int, seed: int) -> pd.DataFrame:
             brain0=float(np.clip(r.normal(0.6 * organ_base, 0.15 if septic else 0.05), 0, 0.9)),
             lactate0=float(r.lognormal(0.2, 0.45)) if septic else float(r.lognormal(0.2, 0.35)),
             # lab baselines (what this patient runs at when well)
-            cr_base=float(r.lognormal(-0.15, 0.3)) * (1.8 if has[names.index('renal_disease')] else 1.0),
+            cr_base=float(r.lognormal(-0.15 if arch != 'suspected' else -0.35, 0.3)) * (1.8 if has[names.index('renal_disease')] else 1.0),
             bun_base=float(r.lognormal(2.95, 0.4)), bili_base=float(r.lognormal(-0.45, 0.55)),
             alt_base=float(r.lognormal(3.3, 0.75)), ast_base=float(r.lognormal(3.55, 0.75)),
             plt_base=float(np.clip(r.normal(240, 85), 40, 700)), wbc_base=float(r.lognormal(2.05, 0.3)),
@@ -277,7 +277,7 @@ CH = {name: i for i, name in enumerate(
 def initial_state(p: pd.DataFrame) -> dict[str, np.ndarray]:
     "Hidden state at ICU admission from the stay parameters."
     z = np.zeros(len(p))
-    return dict(inf=p.infection0.to_numpy(float), tone=1 - 0.55 * (1 - np.exp(-0.8 * p.infection0.to_numpy(float))),
+    return dict(inf=p.infection0.to_numpy(float), tone=1 - 0.6 * (1 - np.exp(-0.8 * p.infection0.to_numpy(float))),
                 vol=p.volume0.to_numpy(float), edema=z.copy(), lung=p.lung0.to_numpy(float), kidney=p.kidney0.to_numpy(float),
                 liver=p.liver0.to_numpy(float), coag=p.coag0.to_numpy(float), brain=p.brain0.to_numpy(float),
                 lac=p.lactate0.to_numpy(float), map_ar=z.copy(), hr_ar=z.copy(), rr_ar=z.copy())
@@ -300,7 +300,7 @@ def physiology(s: dict, p: dict, ned: np.ndarray, fio2: np.ndarray, vent: np.nda
     hgb = p['hgb_base'] - 0.35 * np.minimum(cum_fluid_l, 8) / 4 - 0.2 * s['inf']
     inr = p['inr_base'] + 0.9 * coag + 0.5 * liv
     v = dict(
-        co=co, hypoperfusion=hypoperf, pf_ratio=pf,
+        co=co, hypoperfusion=hypoperf, pf_ratio=pf, brain_now=brain_now,
         heart_rate=np.clip(72 + 30 * relu(1 - co * svr) + 9 * s['inf'] + 18 * ned + p['hr_offset'] + s['hr_ar'], 35, 190),
         meanbp=meanbp, sysbp=meanbp + 2 / 3 * pulse, diabp=meanbp - 1 / 3 * pulse,
         resp_rate=np.where(vent, 17 + 2 * s['lung'], 16.5 + 5 * s['lung'] + 2.5 * s['inf'] + 1.5 * relu(s['lac'] - 2)) + s['rr_ar'],
@@ -317,10 +317,10 @@ def physiology(s: dict, p: dict, ned: np.ndarray, fio2: np.ndarray, vent: np.nda
         chloride=p['cl_base'] + 0.5 * np.minimum(cum_fluid_l, 8), glucose=p['glu_base'] * (1 + 0.12 * s['inf']),
         magnesium=p['mg_base'] + 0.2 * kid, calcium_total=p['ca_base'] - 0.3 * s['inf'],
         calcium_free=1.13 + 0.05 * (p['ca_base'] - 8.4) - 0.02 * s['inf'],
-        gcs_eye_true=np.where(vent, 2.6 - 1.6 * brain_now, 4 - 2.0 * brain_now),
-        gcs_verbal_true=np.where(vent, 1.0, 5 - 3.2 * brain_now),
-        gcs_motor_true=np.where(vent, 5.2 - 2.6 * brain_now, 6 - 2.5 * brain_now),
-        urine_ml_h=125 * np.maximum(1 - np.minimum(kid, 1), 0) ** 1.5 * np.clip((meanbp - 50) / 25, 0, 1.3) * (1 + 0.4 * np.tanh(s['vol'])),
+        gcs_eye_true=np.where(vent, 2.6 - 1.6 * brain_now, 4 - 2.4 * relu(brain_now - 0.15)),   # mild states keep a GCS of 15
+        gcs_verbal_true=np.where(vent, 1.0, 5 - 3.8 * relu(brain_now - 0.15)),
+        gcs_motor_true=np.where(vent, 5.2 - 2.6 * brain_now, 6 - 3.0 * relu(brain_now - 0.15)),
+        urine_ml_h=125 * np.maximum(1 - np.minimum(kid, 1), 0) ** 1.5 * np.clip((meanbp - 50) / 25, 0, 1.3) * np.clip(1 + 0.7 * np.tanh(s['vol'] + 0.3), 0.15, None),
     )
     return v
 
@@ -333,9 +333,9 @@ def advance(s: dict, p: dict, v: dict, fluid_l: np.ndarray, ned: np.ndarray, abx
     grow = np.clip(p['infection_growth'], 0, 0.06) * inf * (1 - inf / 4)
     kill = abx_on * p['abx_effect'] * 0.065 * inf
     inf_new = relu(inf + grow - kill + 0.02 * inf * n('inf'))
-    tone_target = 1 - 0.55 * (1 - np.exp(-0.8 * inf))
+    tone_target = 1 - 0.6 * (1 - np.exp(-0.8 * inf))
     leak = 0.03 * inf
-    vol_new = s['vol'] + fluid_l - leak - urine_l + 0.005 + 0.02 * n('vol')
+    vol_new = s['vol'] + fluid_l - leak - urine_l + 0.05 + 0.02 * n('vol')   # + enteral/oral intake and drug carriers
     hp = v['hypoperfusion']
     unneeded_vaso = ned * relu(v['meanbp'] - 80) / 15
     out = dict(
@@ -356,7 +356,7 @@ def advance(s: dict, p: dict, v: dict, fluid_l: np.ndarray, ned: np.ndarray, abx
 def death_hazard(v: dict, sofa: np.ndarray, p: dict, ned: np.ndarray) -> np.ndarray:
     "Probability of dying in the coming hour."
     relu = lambda x: np.maximum(x, 0)
-    logit = (-9.75 + 0.3 * sofa + 0.22 * relu(v['lactate'] - 2) + 0.03 * (p['age'] - 65) + 0.15 * p['frailty']
+    logit = (-9.45 + 0.3 * sofa + 0.22 * relu(v['lactate'] - 2) + 0.03 * (p['age'] - 65) + 0.15 * p['frailty']
              + 0.9 * v['hypoperfusion'] + 1.2 * relu(ned - 0.5) + 0.8 * ned * relu(v['meanbp'] - 85) / 15)
     return 1 / (1 + np.exp(-logit))
 
@@ -546,7 +546,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
         gcs = {}
         for c, ch in [('gcs_eye', 'gcs_e'), ('gcs_verbal', 'gcs_v'), ('gcs_motor', 'gcs_m')]:
             hi = dict(gcs_eye=4, gcs_verbal=5, gcs_motor=6)[c]
-            gcs[c] = np.clip(np.round(v[c + '_true'] + 0.5 * crn.normal(h, CH[ch])), 1, hi)
+            gcs[c] = np.clip(np.round(v[c + '_true'] + (0.15 + 0.45 * np.minimum(v['brain_now'], 1)) * crn.normal(h, CH[ch])), 1, hi)
             meas[c] = np.where(h % 4 == 0, gcs[c], np.nan)
         for c in VITALS:
             m = np.where(missing & (c not in ('temp_c', 'gcs_eye', 'gcs_verbal', 'gcs_motor')), np.nan, meas[c])
@@ -630,7 +630,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     last = np.clip(end_hour.astype(int) - 1, 0, H - 1)
     idx = np.arange(N)
     sofa_end, lac_end, vent_end = latent['sofa_true'][idx, last], latent['lac'][idx, last], treat['vent'][idx, last]
-    post_logit = (-3.7 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
+    post_logit = (-3.5 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
                   + 0.6 * vent_end + 0.9 * (end_hour >= H))
     dies_after = ~died_icu & (crn.uniform(0, CH['post']) < 1 / (1 + np.exp(-post_logit)))
     death_day = np.where(died_icu, end_hour / 24, np.where(dies_after, end_hour / 24 + 1 + 88 * crn.uniform(0, CH['post_days']) ** 1.5, np.nan))
