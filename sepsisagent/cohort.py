@@ -128,7 +128,8 @@ FROM ce GROUP BY stay_id, charttime
 
 concept('gcs', f"""
 SELECT stay_id, charttime,
-""" + ',\n'.join(f"       max(CASE WHEN itemid = {i} THEN valuenum END) AS {c}" for c, i in GCS_ITEMS.items()) + f"""
+""" + ',\n'.join(f"       max(CASE WHEN itemid = {i} THEN valuenum END) AS {c}" for c, i in GCS_ITEMS.items()) + f""",
+       bool_or(itemid = {GCS_ITEMS['gcs_verbal']} AND value = 'No Response-ETT') AS intubated
 FROM icu.chartevents
 WHERE itemid IN ({_ids(GCS_ITEMS.values())}) AND valuenum IS NOT NULL
 GROUP BY stay_id, charttime
@@ -277,7 +278,8 @@ concept('sofa', f"""
 WITH h AS (SELECT * FROM derived.icustay_hourly),
 vit AS (SELECT v.stay_id, {_hour_of('v.charttime')} AS hr, min(meanbp) AS meanbp_min
         FROM derived.vitalsign v JOIN derived.icustay_detail st USING (stay_id) GROUP BY ALL),
-gcs AS (SELECT g.stay_id, {_hour_of('g.charttime')} AS hr, min(gcs_eye + gcs_verbal + gcs_motor) AS gcs_min
+gcs AS (SELECT g.stay_id, {_hour_of('g.charttime')} AS hr,
+               min(CASE WHEN intubated THEN 15 ELSE gcs_eye + gcs_verbal + gcs_motor END) AS gcs_min
         FROM derived.gcs g JOIN derived.icustay_detail st USING (stay_id) GROUP BY ALL),
 lab AS (SELECT l.stay_id, greatest({_hour_of('l.charttime')}, 0) AS hr,
                min(platelet) AS platelet_min, max(bilirubin_total) AS bilirubin_max, max(creatinine) AS creatinine_max

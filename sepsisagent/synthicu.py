@@ -18,12 +18,13 @@ from .core import (Profile, get_profile, derive_seed, raw_dir, build_once, prove
 # %% auto 0
 __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS', 'CHART_ITEMS', 'LAB_ITEMS', 'VASOPRESSORS',
            'FLUIDS', 'URINE_ITEM', 'VENT_ITEM', 'BLOOD_CULTURE', 'ANTIBIOTICS', 'SITE_A', 'SITE_B', 'CHARLSON', 'STATE',
-           'CH', 'DRUGS', 'SITES', 'DECISION_OFFSET_H', 'VITAL_NOISE', 'PANELS', 'LAB_CV', 'GCS_TEXT', 'LAB_DECIMALS',
-           'Site', 'charlson_age_points', 'draw_patients', 'CRN', 'sofa_components', 'initial_state', 'physiology',
-           'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses', 'SimResult',
-           'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
-           'load_or_build_synthicu', 'ffill_steps', 'observed_sofa', 'raghu_rewards', 'Rollout', 'SynthICU',
-           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
+           'CH', 'DRUGS', 'SITES', 'TRUE_ORGANS', 'DECISION_OFFSET_H', 'VITAL_NOISE', 'PANELS', 'LAB_CV', 'GCS_TEXT',
+           'LAB_DECIMALS', 'Site', 'charlson_age_points', 'draw_patients', 'CRN', 'sofa_components', 'initial_state',
+           'physiology', 'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses',
+           'SimResult', 'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
+           'load_or_build_synthicu', 'ffill_steps', 'observed_sofa_components', 'observed_sofa', 'raghu_rewards',
+           'Rollout', 'SynthICU', 'calibration_table', 'plot_calibration', 'constant_policy', 'map_response',
+           'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -356,7 +357,7 @@ def advance(s: dict, p: dict, v: dict, fluid_l: np.ndarray, ned: np.ndarray, abx
 def death_hazard(v: dict, sofa: np.ndarray, p: dict, ned: np.ndarray) -> np.ndarray:
     "Probability of dying in the coming hour."
     relu = lambda x: np.maximum(x, 0)
-    logit = (-9.45 + 0.3 * sofa + 0.22 * relu(v['lactate'] - 2) + 0.03 * (p['age'] - 65) + 0.15 * p['frailty']
+    logit = (-8.8 + 0.3 * sofa + 0.22 * relu(v['lactate'] - 2) + 0.03 * (p['age'] - 65) + 0.15 * p['frailty']
              + 0.9 * v['hypoperfusion'] + 1.2 * relu(ned - 0.5) + 0.8 * ned * relu(v['meanbp'] - 85) / 15)
     return 1 / (1 + np.exp(-logit))
 
@@ -409,7 +410,7 @@ def clinician_airway(t: dict, obs: dict, p: dict, crn: CRN, h: int):
     t['vent'] = (t['vent'] | intubate) & ~extubate
     t['vent_hours'] = np.where(t['vent'], t['vent_hours'] + 1, 0)
     fio2_vent = np.clip(np.where(intubate, 0.6, t['fio2']) + 0.1 * (obs['spo2'] < 93) - 0.05 * (obs['spo2'] > 98), 0.35, 1.0)
-    fio2_room = np.clip(0.24 + 0.2 * p['lung0'], 0.21, 0.5)
+    fio2_room = np.clip(0.28 + 0.35 * p['lung0'], 0.21, 0.6)
     t['fio2'] = np.where(t['vent'], fio2_vent, fio2_room)
 
 # %% ../nbs/01_synthicu.ipynb
@@ -433,6 +434,7 @@ def _level_policy_doses(policy: Callable, obs4: dict, k: int, doses: Doses) -> t
     return lv, lf, np.asarray(doses.vaso)[lv], np.asarray(doses.fluid)[lf] / 4.0
 
 # %% ../nbs/01_synthicu.ipynb
+TRUE_ORGANS = ['sofa_resp', 'sofa_coag', 'sofa_liver', 'sofa_cardio', 'sofa_cns', 'sofa_renal']
 DECISION_OFFSET_H = 1   # decision k at intime + 4k + 1 h (see the time convention above)
 VITAL_NOISE = dict(heart_rate=2.0, sysbp=4.0, diabp=3.0, meanbp=3.0, resp_rate=1.5, spo2=0.8)
 PANELS = {'bmp': ['bicarbonate', 'bun', 'calcium_total', 'chloride', 'creatinine', 'glucose', 'magnesium', 'potassium',
@@ -496,10 +498,10 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     crn = CRN(params.seed.to_numpy(np.uint64))
     s = initial_state(params)
     nanNH = lambda: np.full((N, H), np.nan, np.float32)
-    chart = {c: nanNH() for c in VITALS + ['temp_unit_f', 'fio2_fraction', 'arterial']}
+    chart = {c: nanNH() for c in VITALS + ['temp_unit_f', 'fio2_fraction', 'arterial', 'intubated']}
     labs = {c: nanNH() for c in LABS}
     treat = {c: nanNH() for c in ['bolus_ml', 'maint_ml_h', 'ned_main', 'vasopressin_u_h', 'vent', 'fio2', 'ned']}
-    latent = {c: nanNH() for c in STATE + ['co', 'hypoperfusion', 'pf_ratio', 'meanbp', 'sofa_true', 'hazard']}
+    latent = {c: nanNH() for c in STATE + ['co', 'hypoperfusion', 'pf_ratio', 'meanbp', 'sofa_true', 'hazard'] + [f'{o}_true' for o in TRUE_ORGANS]}
     urine, lab_minute = nanNH(), nanNH()
     obs4 = np.full((N, K, 39), np.nan, np.float32); vent4 = np.zeros((N, K), bool)
     actions4 = np.zeros((N, K, 2), np.int8); ned4 = np.zeros((N, K), np.float32); fluid4 = np.zeros((N, K), np.float32)
@@ -511,7 +513,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     # treatment currently running
     t = dict(bolus_ml=np.zeros(N), maint_ml_h=P['maintenance_ml_h'].astype(float), ned_main=np.zeros(N),
              vasopressin_u_h=np.zeros(N), vent=P['vent0'].astype(bool), vent_hours=np.zeros(N),
-             fio2=np.where(P['vent0'], 0.5 + 0.3 * P['lung0'], 0.24 + 0.2 * P['lung0']), cum_fluid_l=np.zeros(N))
+             fio2=np.where(P['vent0'], 0.5 + 0.3 * P['lung0'], np.clip(0.28 + 0.35 * P['lung0'], 0.21, 0.6)), cum_fluid_l=np.zeros(N))
     # what the clinicians (and the 4-hourly state) can see
     lab_last = {c: np.full(N, np.nan) for c in LABS}
     adm_labs = {c: np.full(N, np.nan) for c in LABS}
@@ -527,7 +529,8 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     for c in LABS: lab_last[c] = adm_labs[c].copy()
     vsum = {c: np.zeros(N) for c in VITALS}; vcnt = {c: np.zeros(N) for c in VITALS}
     win_urine = np.zeros(N); last_urine = np.full(N, np.nan)
-    urine_hist = []  # 4-hourly urine sums for the 24-h SOFA renal score
+    seen_prev = dict(meanbp=v0['meanbp'], lactate=adm_labs['lactate'], ned=np.zeros(N))
+    urine_24h = np.zeros((N, 24))   # true urine of the last 24 hours (ring buffer), for the true renal score
     active = np.ones(N, bool); end_hour = np.full(N, H, float); died_icu = np.zeros(N, bool)
     level_doses = None
     for h in progress(range(H), desc=f'SynthICU: {N} stays', disable=not show_progress, leave=False):
@@ -541,7 +544,10 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
                                                 .replace('meanbp', 'map').replace('resp_rate', 'rr').replace('spo2', 'spo2') + '_meas'])
         meas['spo2'] = np.clip(np.round(meas['spo2']), 50, 100)
         meas['temp_c'] = np.where(h % 4 == 0, v['temp_c'] + 0.2 * crn.normal(h, CH['temp']), np.nan)
-        fio2_charted = t['vent'] & (h % 2 == 0) | (crn.uniform(h, CH['fio2_chart']) < 0.03)
+        # blood drawn this hour is ordered from what was seen in the last hour; FiO2 is charted with every blood gas
+        probs = _panel_probs(h, seen_prev, t['vent'])
+        drawn = {panel: active & (crn.uniform(h, CH[f'panel_{panel}']) < probs[panel]) for panel in PANELS}
+        fio2_charted = t['vent'] & (h % 2 == 0) | drawn['abg'] | (crn.uniform(h, CH['fio2_chart']) < 0.03)
         meas['fio2'] = np.where(fio2_charted, np.round(v['fio2']), np.nan)
         gcs = {}
         for c, ch in [('gcs_eye', 'gcs_e'), ('gcs_verbal', 'gcs_v'), ('gcs_motor', 'gcs_m')]:
@@ -556,6 +562,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
         chart['temp_unit_f'][:, h] = crn.uniform(h, CH['temp_unit']) < 0.3
         chart['fio2_fraction'][:, h] = crn.uniform(h, CH['fio2_unit']) < 0.05
         chart['arterial'][:, h] = t['vent'] | (t['ned_main'] > 0)
+        chart['intubated'][:, h] = t['vent']
         seen = dict(meanbp=np.where(np.isnan(chart['meanbp'][:, h]), v['meanbp'], chart['meanbp'][:, h]),
                     spo2=np.where(np.isnan(chart['spo2'][:, h]), v['spo2'], chart['spo2'][:, h]),
                     lactate=lab_last['lactate'], urine=last_urine, ned=ned,
@@ -594,22 +601,24 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
             k = (h - DECISION_OFFSET_H) // 4
             ned4[:, k] = np.maximum(ned4[:, k], np.where(active, ned, 0)); fluid4[:, k] += np.where(active, fluid_ml, 0)
         # -- blood drawn this hour (charted within the hour)
-        probs = _panel_probs(h, dict(seen, ned=ned), t['vent'])
+        seen_prev = dict(seen, ned=ned)
         lab_minute[:, h] = np.where(active, 5 + 50 * crn.uniform(h, CH['lab_minute']), np.nan)
-        drawn_any = {}
         for panel, names in PANELS.items():
-            drawn = active & (crn.uniform(h, CH[f'panel_{panel}']) < probs[panel])
             for nm in names:
-                val = np.where(drawn, _noisy_lab(nm, v[nm], crn, h), np.nan)
+                val = np.where(drawn[panel], _noisy_lab(nm, v[nm], crn, h), np.nan)
                 cur = labs[nm][:, h]
                 labs[nm][:, h] = np.where(np.isnan(cur), val, cur)
         for nm in LABS:
             got = ~np.isnan(labs[nm][:, h])
             lab_last[nm] = np.where(got, labs[nm][:, h], lab_last[nm]); win_lab[nm] = np.where(got, labs[nm][:, h], win_lab[nm])
         # -- truth, death and discharge
-        sofa_true = sofa_components(v['pao2'], v['fio2'], t['vent'], v['platelet'], v['bilirubin_total'], v['meanbp'],
-                                    gcs['gcs_eye'] + gcs['gcs_verbal'] + gcs['gcs_motor'] + np.where(t['vent'], 4, 0),
-                                    v['creatinine'], v['urine_ml_h'] * 24, ned=ned)['sofa_total']
+        urine_24h[:, h % 24] = np.maximum(v['urine_ml_h'], 0)
+        gcs_true = sum(np.clip(np.round(v[c + '_true']), 1, hi) for c, hi in [('gcs_eye', 4), ('gcs_verbal', 5), ('gcs_motor', 6)])
+        organs = sofa_components(v['pao2'], v['fio2'], t['vent'], v['platelet'], v['bilirubin_total'], v['meanbp'],
+                                 np.where(t['vent'], 15, gcs_true),  # intubated: not assessable
+                                 v['creatinine'], np.where(h >= 23, urine_24h.sum(1), np.nan), ned=ned)
+        sofa_true = organs['sofa_total']
+        for o in TRUE_ORGANS: latent[f'{o}_true'][:, h] = np.where(active, organs[o], np.nan)
         haz = death_hazard(v, sofa_true, P, ned)
         for c in STATE: latent[c][:, h] = np.where(active, s[c], np.nan)
         for c in ['co', 'hypoperfusion', 'pf_ratio', 'meanbp']: latent[c][:, h] = np.where(active, v[c], np.nan)
@@ -630,7 +639,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     last = np.clip(end_hour.astype(int) - 1, 0, H - 1)
     idx = np.arange(N)
     sofa_end, lac_end, vent_end = latent['sofa_true'][idx, last], latent['lac'][idx, last], treat['vent'][idx, last]
-    post_logit = (-3.5 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
+    post_logit = (-3.3 + 0.2 * sofa_end + 0.4 * P['frailty'] + 0.035 * (P['age'] - 65) + 0.35 * np.maximum(lac_end - 2, 0)
                   + 0.6 * vent_end + 0.9 * (end_hour >= H))
     dies_after = ~died_icu & (crn.uniform(0, CH['post']) < 1 / (1 + np.exp(-post_logit)))
     death_day = np.where(died_icu, end_hour / 24, np.where(dies_after, end_hour / 24 + 1 + 88 * crn.uniform(0, CH['post_days']) ** 1.5, np.nan))
@@ -661,9 +670,7 @@ def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     ei, eh = np.nonzero((x != 0) & (x != nxt))
     return si, sh, eh - sh + 1, x[si, sh]
 
-_i, _h, _n, _v = _runs(np.array([[0, 2, 2, 3, 0, 3.]]))
-assert _h.tolist() == [1, 3, 5] and _n.tolist() == [2, 1, 1] and _v.tolist() == [2, 3, 3]
-
+# %% ../nbs/01_synthicu.ipynb
 def _stay_times(res: SimResult, site: Site, crn: CRN) -> pd.DataFrame:
     "Identifiers and admission/ICU/discharge/death times of every stay (readmissions linked)."
     p, n = res.params, len(res.params)
@@ -736,10 +743,11 @@ def _chartevents(res: SimResult, ids: pd.DataFrame, crn: CRN) -> pd.DataFrame:
             item = np.full(len(i), CHART_ITEMS['fio2'][0]); val = np.where(frac, np.round(val / 100, 2), np.round(val))
         else:
             item = np.full(len(i), CHART_ITEMS[c][0]); val = np.round(val)
-        parts.append(pd.DataFrame(dict(stay_idx=i, hour=h.astype(float), itemid=item, valuenum=val)))
+        ett = (res.chart['intubated'][i, h] > 0) & (c == 'gcs_verbal')
+        parts.append(pd.DataFrame(dict(stay_idx=i, hour=h.astype(float), itemid=item, valuenum=val, ett=ett)))
     n = len(ids)
     parts.append(pd.DataFrame(dict(stay_idx=np.arange(n), hour=0.0, itemid=CHART_ITEMS['weight'][0],
-                                   valuenum=np.round(res.params.weight.to_numpy(), 1))))
+                                   valuenum=np.round(res.params.weight.to_numpy(), 1), ett=False)))
     ev = pd.concat(parts, ignore_index=True)
     ev['charttime'] = _hours_to_time(ids, ev.stay_idx.to_numpy(), ev.hour.to_numpy())
     ev['storetime'] = ev.charttime + np.timedelta64(7, 'm')
@@ -922,7 +930,7 @@ def write_site(res: SimResult, # a simulation of one site
     unit_case = ' '.join(f"WHEN itemid = {i} THEN '{u}'" for i, lab, u, cat in CHART_ITEMS.values() if u)
     ce = join(_chartevents(res, ids, crn))
     counts['icu/chartevents'] = _write(con, ce, 'icu/chartevents', out, dict(
-        value=f"CASE {gcs_case} ELSE CAST(valuenum AS VARCHAR) END", valueuom=f"CASE {unit_case} ELSE NULL END", warning='0'))
+        value=f"CASE WHEN ett THEN 'No Response-ETT' {gcs_case} ELSE CAST(valuenum AS VARCHAR) END", valueuom=f"CASE {unit_case} ELSE NULL END", warning='0'))
     counts['icu/inputevents'] = _write(con, join(_inputevents(res, ids, crn)), 'icu/inputevents', out, dict(
         ordercategoryname='category', ordercategorydescription='description', ordercomponenttypedescription="'Main order parameter'",
         secondaryordercategoryname='NULL', totalamount='amount', totalamountuom='amountuom', isopenbag='0', continueinnextdept='0',
@@ -1029,10 +1037,9 @@ def ffill_steps(x: np.ndarray) -> np.ndarray:
     np.maximum.accumulate(idx, axis=1, out=idx)
     return np.take_along_axis(x, idx, axis=1)
 
-assert np.allclose(ffill_steps(np.array([[np.nan, 1, np.nan, 3, np.nan]])), [[np.nan, 1, 1, 3, 3]], equal_nan=True)
-
-def observed_sofa(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -> np.ndarray:
-    "SOFA total of each 4-hourly observed state (environment rule, upstream.md §4), labs carried forward."
+# %% ../nbs/01_synthicu.ipynb
+def observed_sofa_components(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -> dict[str, np.ndarray]:
+    "SOFA organ scores and total of each 4-hourly observed state (environment rule, upstream.md §4), labs carried forward."
     x = ffill_steps(obs4)
     f = {c: x[..., j] for j, c in enumerate(FEATURES)}
     urine = np.nan_to_num(obs4[..., FEATURES.index('output_4hourly')])
@@ -1043,7 +1050,11 @@ def observed_sofa(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -
     urine24 = np.where(k >= 1, last6 * 24 / hours, np.nan)   # too little urine collected at the first decision: not scored
     gcs = f['gcs_eye'] + f['gcs_verbal'] + f['gcs_motor']
     return sofa_components(f['pao2'], f['fio2'], vent4, f['platelet'], f['bilirubin_total'], f['meanbp'], gcs,
-                           f['creatinine'], urine24, vaso_level=vaso_level)['sofa_total']
+                           f['creatinine'], urine24, vaso_level=vaso_level)
+
+def observed_sofa(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -> np.ndarray:
+    "SOFA total of each 4-hourly observed state."
+    return observed_sofa_components(obs4, vent4, vaso_level)['sofa_total']
 
 def raghu_rewards(sofa: np.ndarray, lactate: np.ndarray, n_steps: np.ndarray, died_90d: np.ndarray) -> np.ndarray:
     "Per-step rewards [N, K] of upstream.md §5 (0 after the last step)."
@@ -1056,9 +1067,6 @@ def raghu_rewards(sofa: np.ndarray, lactate: np.ndarray, n_steps: np.ndarray, di
     r = np.where(k < n_steps[:, None] - 1, r, 0.0)
     r[np.arange(len(r)), np.maximum(n_steps - 1, 0)] = np.where(died_90d, -15.0, 15.0)
     return r
-
-_r = raghu_rewards(np.array([[2, 2, 4, 0]]), np.array([[1, np.nan, 2, 0]]), np.array([3]), np.array([False]))
-assert np.allclose(_r, [[-0.025, -0.25 - 2 * np.tanh(1), 15, 0]])
 
 # %% ../nbs/01_synthicu.ipynb
 @dataclass
