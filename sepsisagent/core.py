@@ -26,7 +26,7 @@ class Profile:
     seed: int = 2605                   # master seed; every step derives its own from it
     source: str = 'synthicu'           # synthicu | demo | mimic  (where the MIMIC-IV tables come from)
     mimic_dir: str | None = None       # path of a MIMIC-IV download when source != 'synthicu'
-    synth_n_stays: int = 11_200        # ICU stays simulated at the main synthetic site
+    synth_n_stays: int = 9_850         # ICU stays simulated at the main synthetic site
     synth_site_b_stays: int = 2_000    # stays at the second (out-of-distribution) site
     synth_hours: int = 96              # hours simulated after ICU admission (episodes use <= 80)
     device: str = 'auto'               # auto | cpu | cuda
