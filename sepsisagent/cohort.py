@@ -292,7 +292,8 @@ grid AS (
     SELECT h.stay_id, h.hr, h.intime + h.hr * INTERVAL 1 HOUR AS starttime, h.intime + (h.hr + 1) * INTERVAL 1 HOUR AS endtime,
            vit.meanbp_min, gcs.gcs_min, lab.platelet_min, lab.bilirubin_max, lab.creatinine_max, pf.pf_min,
            vh.ned, vent.hr IS NOT NULL AS ventilated,
-           sum(coalesce(uo.urine_ml, 0)) OVER w24 AS urine_24h, count(*) OVER w24 AS hours_24h
+           sum(coalesce(uo.urine_ml, 0)) OVER w24 AS urine_24h, count(*) OVER w24 AS hours_24h,
+           count(uo.urine_ml) OVER w24 AS urine_hours_24h
     FROM h
     LEFT JOIN vit USING (stay_id, hr) LEFT JOIN gcs USING (stay_id, hr) LEFT JOIN lab USING (stay_id, hr)
     LEFT JOIN pf USING (stay_id, hr) LEFT JOIN uo USING (stay_id, hr)
@@ -301,7 +302,7 @@ grid AS (
     WINDOW w24 AS (PARTITION BY h.stay_id ORDER BY h.hr ROWS BETWEEN 23 PRECEDING AND CURRENT ROW)
 ),
 scored AS (
-    SELECT *,
+    SELECT *, hours_24h >= 24 AND urine_hours_24h >= 22 AS urine_ok,
         CASE WHEN ventilated AND pf_min < 100 THEN 4 WHEN ventilated AND pf_min < 200 THEN 3
              WHEN pf_min < 300 THEN 2 WHEN pf_min < 400 THEN 1 WHEN pf_min IS NOT NULL THEN 0 END AS resp,
         CASE WHEN platelet_min < 20 THEN 4 WHEN platelet_min < 50 THEN 3 WHEN platelet_min < 100 THEN 2
@@ -314,7 +315,7 @@ scored AS (
              WHEN gcs_min IS NOT NULL THEN 0 END AS cns,
         greatest(CASE WHEN creatinine_max >= 5 THEN 4 WHEN creatinine_max >= 3.5 THEN 3 WHEN creatinine_max >= 2 THEN 2
                       WHEN creatinine_max >= 1.2 THEN 1 WHEN creatinine_max IS NOT NULL THEN 0 END,
-                 CASE WHEN hours_24h >= 24 AND urine_24h < 200 THEN 4 WHEN hours_24h >= 24 AND urine_24h < 500 THEN 3 END) AS renal
+                 CASE WHEN urine_ok AND urine_24h < 200 THEN 4 WHEN urine_ok AND urine_24h < 500 THEN 3 END) AS renal
     FROM grid
 )
 SELECT stay_id, hr, starttime, endtime, ventilated, ned, meanbp_min, pf_min, platelet_min, bilirubin_max, creatinine_max, gcs_min, urine_24h,
