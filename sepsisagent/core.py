@@ -30,6 +30,11 @@ class Profile:
     synth_site_b_stays: int = 2_000    # stays at the second (out-of-distribution) site
     synth_hours: int = 96              # hours simulated after ICU admission (episodes use <= 80)
     device: str = 'auto'               # auto | cpu | cuda
+    wm_backbone: str = 'gru'           # world-model backbone used downstream: gru (as published) | lstm | transformer
+    wm_hidden: int = 128               # world-model hidden size (published: 128)
+    wm_epochs: int = 30                # world-model training epochs (early stopping on the validation split)
+    wm_minutes: float = 2.5            # time budget per world-model network (state, outcome) on the CPU
+    truth_replicas: int = 8            # SynthICU re-simulations per step for the world model's noise floor
 
     def override(self, **kw) -> 'Profile':
         "A copy with some knobs changed; unknown knobs are an error, not a silent no-op."
@@ -39,9 +44,11 @@ class Profile:
         return replace(self, **kw)
 
 PROFILES: dict[str, Profile] = {
-    'quick':   Profile('quick', synth_n_stays=600, synth_site_b_stays=150, synth_hours=48),
+    'quick':   Profile('quick', synth_n_stays=600, synth_site_b_stays=150, synth_hours=48, wm_hidden=32, wm_epochs=3,
+                       wm_minutes=0.5, truth_replicas=3),
     'default': Profile('default'),
-    'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda'),
+    'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda', wm_epochs=60,
+                       wm_minutes=30),
 }
 
 # %% ../nbs/00_core.ipynb
