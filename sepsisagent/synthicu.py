@@ -23,8 +23,8 @@ __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS'
            'physiology', 'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses',
            'SimResult', 'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
            'load_or_build_synthicu', 'ffill_steps', 'observed_sofa_components', 'observed_sofa', 'raghu_rewards',
-           'Rollout', 'SynthICU', 'calibration_table', 'plot_calibration', 'constant_policy', 'map_response',
-           'site_summary']
+           'Rollout', 'SynthICU', 'branch_next_states', 'calibration_table', 'plot_calibration', 'constant_policy',
+           'map_response', 'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -224,11 +224,18 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 class CRN:
     "Counter-based random numbers: `uniform(hour, channel)` and `normal(hour, channel)` for every stay at once."
-    def __init__(self, seeds: np.ndarray): self.seeds = np.asarray(seeds, dtype=np.uint64)
+    def __init__(self, seeds: np.ndarray, # one seed per stay
+                 branch_hour: np.ndarray | None = None, # per stay: from this hour on, draw from another stream...
+                 branch_salt: np.ndarray | None = None, # ...selected by this salt (a replica number); same past, fresh future
+                 ):
+        self.seeds = np.asarray(seeds, dtype=np.uint64)
+        self.branch_hour = None if branch_hour is None else np.asarray(branch_hour)
+        self.branch_seeds = None if branch_hour is None else self.seeds ^ _splitmix(np.asarray(branch_salt, dtype=np.uint64) + np.uint64(1))
     def _bits(self, hour: int, channel: int) -> np.ndarray:
+        seeds = self.seeds if self.branch_hour is None else np.where(hour >= self.branch_hour, self.branch_seeds, self.seeds)
         with np.errstate(over='ignore'):
             key = np.uint64((hour + 1) * 1_000_003 + channel * 7_919)
-            return _splitmix(_splitmix(self.seeds ^ _splitmix(np.full(1, key, np.uint64)))[...])
+            return _splitmix(_splitmix(seeds ^ _splitmix(np.full(1, key, np.uint64)))[...])
     def uniform(self, hour: int, channel: int) -> np.ndarray:
         return ((self._bits(hour, channel) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
     def normal(self, hour: int, channel: int) -> np.ndarray:
@@ -489,13 +496,14 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
              policy: Callable | None = None, # None: the clinicians; else f(obs4: dict, step) -> (vaso_levels, fluid_levels)
              doses: Doses | None = None, # level -> dose map for `policy`
              show_progress: bool = False, # a progress bar over hours
+             branch: tuple[np.ndarray, np.ndarray] | None = None, # (hour, salt) per stay: fresh random numbers from that hour on
              ) -> SimResult:
     "Simulate every stay of `params` from ICU admission, all stays at once, hour by hour."
     doses = doses or Doses()
     N, H, K = len(params), hours, (hours - DECISION_OFFSET_H + 3) // 4
     P = {c: params[c].to_numpy() for c in params.columns if params[c].dtype != object}
     P.update(_site_params(params))
-    crn = CRN(params.seed.to_numpy(np.uint64))
+    crn = CRN(params.seed.to_numpy(np.uint64), *(branch or (None, None)))
     s = initial_state(params)
     nanNH = lambda: np.full((N, H), np.nan, np.float32)
     chart = {c: nanNH() for c in VITALS + ['temp_unit_f', 'fio2_fraction', 'arterial', 'intubated']}
@@ -1125,6 +1133,30 @@ class SynthICU:
                        rewards=rew, sofa=np.where(valid, sofa, np.nan), sim=res)
 
 _PARAM_COLUMNS = set(draw_patients(SITE_A, 1, 0).columns)
+
+# %% ../nbs/01_synthicu.ipynb
+def branch_next_states(hospital: SynthICU, # a built hospital (site A or B)
+                       stay_ids, # stays, one per (stay, step) pair
+                       steps, # decision k of each pair; the replicas share everything up to it
+                       replicas: int = 8, # futures per pair
+                       chunk: int = 20_000, # stays simulated at once (memory)
+                       ) -> np.ndarray:
+    "Observed state at decision k + 1 in `replicas` futures of each (stay, k): [pairs, replicas, 39], raw units, NaN = unmeasured."
+    stay_ids, steps = np.asarray(stay_ids), np.asarray(steps, dtype=int)
+    if len(stay_ids) != len(steps): raise ValueError(f"stay_ids ({len(stay_ids)}) and steps ({len(steps)}) differ in length")
+    out = np.full((len(stay_ids), replicas, len(FEATURES)), np.nan, np.float32)
+    params = hospital.params(stay_ids)
+    per = max(1, chunk // replicas)
+    for k in np.unique(steps):
+        hours = 4 * (k + 1) + DECISION_OFFSET_H + 1          # up to and including decision k + 1
+        if hours > hospital.hours: raise ValueError(f"step {k} + 1 lies beyond the {hospital.hours} simulated hours")
+        rows = np.flatnonzero(steps == k)
+        for r in np.array_split(rows, int(np.ceil(len(rows) / per))):
+            p = params.iloc[np.repeat(r, replicas)].reset_index(drop=True)
+            fresh_from = np.full(len(p), 4 * k + DECISION_OFFSET_H + 1)   # the hour after decision k
+            res = simulate(p, hours, branch=(fresh_from, np.tile(np.arange(replicas), len(r))))
+            out[r] = res.obs4[:, k + 1].reshape(len(r), replicas, -1)
+    return out
 
 # %% ../nbs/01_synthicu.ipynb
 def calibration_table(root: Path | str) -> tuple[pd.DataFrame, dict]:
