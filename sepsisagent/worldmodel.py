@@ -247,6 +247,7 @@ def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, tra
             opt.zero_grad(); loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             tr.append(loss.item())
+            if time.perf_counter() - t0 > 60 * cfg.minutes: break     # the budget binds mid-epoch too (slow backbones)
         v = evaluate()
         history.append(dict(epoch=epoch, train_loss=float(np.mean(tr)), val_loss=v, seconds=time.perf_counter() - t0))
         if v < best - 1e-4: best, best_state, bad = v, {k: x.detach().clone() for k, x in model.state_dict().items()}, 0
