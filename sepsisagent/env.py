@@ -11,6 +11,8 @@ import torch
 import gymnasium as gym
 from gymnasium.vector import VectorEnv
 
+from scipy.special import ndtri
+
 from .core import Profile, get_profile, derive_seed
 from .synthicu import FEATURES, sofa_components, _splitmix
 from .episodes import Episodes, load_or_build_episodes
@@ -18,8 +20,8 @@ from .worldmodel import (WorldModel, EpisodeArrays, two_hot, destandardize, meas
                                     N_OBS, N_MASK, URINE)
 
 # %% auto 0
-__all__ = ['keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'Transition', 'SepsisEnv', 'make_env',
-           'run_episodes', 'clinician_policy']
+__all__ = ['SOFA_WINDOW', 'keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'Transition', 'SepsisEnv',
+           'make_env', 'run_episodes', 'clinician_policy']
 
 # %% ../nbs/11_env.ipynb
 def keyed_uniform(keys: np.ndarray, n: int) -> np.ndarray:
@@ -40,11 +42,16 @@ def transition_keys(seed: int, stay_ids, steps, actions, draw: int = 0) -> np.nd
     return k
 
 # %% ../nbs/11_env.ipynb
-def state_sofa(raw_hist: np.ndarray, t: np.ndarray, vent: np.ndarray, vaso_level: np.ndarray) -> dict:
-    "SOFA of the state at step t[i] of each raw history [N, T, 39] (imputed, clinical units)."
-    i = np.arange(len(t))
-    f = {c: raw_hist[i, t, j] for j, c in enumerate(FEATURES)}
-    last6 = np.stack([np.where(t - d >= 0, raw_hist[i, np.maximum(t - d, 0), URINE], 0.0) for d in range(6)], 1).sum(1)
+SOFA_WINDOW = 6   # 4-hourly states whose urine makes the last 24 h
+
+def state_sofa(recent: np.ndarray, # [N, 6, 39] raw states of steps t-5..t (imputed, clinical units; zeros before admission)
+               t: np.ndarray, # [N] step of the last state, the one scored
+               vent: np.ndarray, # [N] ventilated at that state
+               vaso_level: np.ndarray, # [N] vasopressor level running into it
+               ) -> dict:
+    "SOFA organ scores and total of the last state of each window."
+    f = {c: recent[:, -1, j] for j, c in enumerate(FEATURES)}
+    last6 = recent[:, :, URINE].sum(1)
     hours = np.where(t < 6, 1 + 4 * t, 24)
     urine24 = np.where(t >= 1, last6 * 24 / hours, np.nan)
     return sofa_components(f['pao2'], f['fio2'], vent, f['platelet'], f['bilirubin_total'], f['meanbp'],
@@ -110,29 +117,36 @@ class SepsisEnv(VectorEnv):
         self.diverged = np.zeros(N, bool); self.divergence_step = np.full(N, -1)
         self.done = np.zeros(N, bool); self.died = np.full(N, np.nan); self.death_prob = np.full(N, np.nan)
         self.simulated = np.zeros_like(self.vent, dtype=bool)
-        if not np.isfinite(self.obs).all(): raise ValueError("NaN in the episodes' states: rebuild the episodes")
+        self.logged, self.logged_died = d.actions[idx].numpy(), d.died_90d[idx].numpy().astype(bool)
         return self._observation(), self._info(np.zeros(N, bool))
 
     def _observation(self) -> np.ndarray:
         i = np.arange(len(self.t)); t = np.minimum(self.t, self.length - 1)
         return np.concatenate([self.obs[i, t], self.masks[i, t], self.static], 1).astype(np.float32)
 
-    def _running_vaso(self, t: np.ndarray) -> np.ndarray:
-        "Vasopressor level running into the state at step t: the previous action's (0 at admission)."
-        i = np.arange(len(t))
-        return np.where(t > 0, self.actions[i, np.maximum(t - 1, 0), 0], 0)
+    def _running_vaso(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        "Vasopressor level running into the state at step t of episodes `rows`: the previous action's (0 at admission)."
+        return np.where(t > 0, self.actions[rows, np.maximum(t - 1, 0), 0], 0)
+
+    def _recent(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        "Raw states of steps t-5..t of episodes `rows` [B, 6, 39]; zeros before admission (no urine collected)."
+        s = t[:, None] + np.arange(-SOFA_WINDOW + 1, 1)
+        return np.where((s >= 0)[..., None], self.raw[rows[:, None], np.maximum(s, 0)], 0.0)
+
+    def _sofa(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        "SOFA total of the (replayed or applied) state at step t of episodes `rows`."
+        return state_sofa(self._recent(rows, t), t, self.vent[rows, t] > 0.5, self._running_vaso(rows, t))['sofa_total']
 
     def _info(self, new_simulated: np.ndarray) -> dict:
         i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
-        sofa = state_sofa(self.raw, t, self.vent[i, t] > 0.5, self._running_vaso(t))
-        return dict(stay_id=self.stay_id, step=self.t.copy(), sofa=sofa['sofa_total'], lactate=self.raw[i, t, FEATURES.index('lactate')],
+        sofa = self._sofa(i, t)
+        return dict(stay_id=self.stay_id, step=self.t.copy(), sofa=sofa, lactate=self.raw[i, t, FEATURES.index('lactate')],
                     vent_prob=self.vent[i, t].copy(), divergence_step=self.divergence_step.copy(), simulated=new_simulated,
                     done=self.done.copy(), died=self.died.copy(), death_prob=self.death_prob.copy())
 
     def logged_actions(self) -> np.ndarray:
         "The clinicians' actions at each episode's current step [N, 2]."
-        t = np.minimum(self.t, self.length - 1)
-        return self.data.actions[self.idx, t].numpy()
+        return self.logged[np.arange(self.num_envs), np.minimum(self.t, self.length - 1)]
 
     # -- the world model ---------------------------------------------------------------------
     def _windows(self, rows: np.ndarray, actions: np.ndarray, W: int):
@@ -153,7 +167,6 @@ class SepsisEnv(VectorEnv):
         mu, sigma = p['mu'].numpy(), p['sigma'].numpy()
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()): raise FloatingPointError("the state model returned NaN or inf")
         u = keyed_uniform(transition_keys(self.seed, self.stay_id[rows], self.t[rows], actions, draw), N_OBS + N_MASK)
-        from scipy.special import ndtri
         eps = ndtri(u[:, :N_OBS])
         masks = (u[:, N_OBS:] < p['mask_prob'].numpy()).astype(np.float32)
         prev = self.obs[rows, self.t[rows]]
@@ -175,8 +188,9 @@ class SepsisEnv(VectorEnv):
         if len(rows):
             tr = self._sample(rows, c[rows, ks])
             out['z'][rows, ks], out['raw'][rows, ks], out['masks'][rows, ks], out['vent_prob'][rows, ks] = tr.z, tr.raw, tr.masks, tr.vent_prob
-            hist = self.raw[rows].copy(); t1 = np.minimum(self.t[rows] + 1, hist.shape[1] - 1); hist[np.arange(len(rows)), t1] = tr.raw
-            out['sofa'][rows, ks] = state_sofa(hist, t1, tr.vent_prob > 0.5, c[rows, ks, 0])['sofa_total']
+            t = self.t[rows]
+            recent = np.concatenate([self._recent(rows, t)[:, 1:], tr.raw[:, None]], 1)   # the candidate's state appended
+            out['sofa'][rows, ks] = state_sofa(recent, t + 1, tr.vent_prob > 0.5, c[rows, ks, 0])['sofa_total']
         return out
 
     # -- advancing ---------------------------------------------------------------------------
@@ -188,7 +202,7 @@ class SepsisEnv(VectorEnv):
         N, i = self.num_envs, np.arange(self.num_envs)
         active = ~self.done
         t = self.t.copy()
-        logged = self.data.actions[self.idx, np.minimum(t, self.length - 1)].numpy()
+        logged = self.logged_actions()
         newly = active & ~self.diverged & (a != logged).any(1)
         self.divergence_step[newly] = t[newly]; self.diverged |= newly
         self.actions[i[active], t[active]] = a[active]
@@ -204,13 +218,12 @@ class SepsisEnv(VectorEnv):
         reward = np.zeros(N)
         if moving.any():
             r = np.flatnonzero(moving)
-            now = state_sofa(self.raw[r], t[r], self.vent[r, t[r]] > 0.5, self._running_vaso_rows(r, t[r]))['sofa_total']
-            nxt = state_sofa(self.raw[r], t[r] + 1, self.vent[r, t[r] + 1] > 0.5, a[r, 0])['sofa_total']
+            now, nxt = self._sofa(r, t[r]), self._sofa(r, t[r] + 1)      # actions[t] is already a[r]: it runs into t + 1
             lac = FEATURES.index('lactate')
             reward[r] = shaped_reward(now, nxt, self.raw[r, t[r], lac], self.raw[r, t[r] + 1, lac])
         if last.any():
             r = np.flatnonzero(last)
-            died = self.data.died_90d[self.idx[r]].numpy().astype(bool)
+            died = self.logged_died[r].copy()
             dv = r[self.diverged[r]]
             if len(dv):
                 W = self.wm.cfg.outcome_window
@@ -225,9 +238,6 @@ class SepsisEnv(VectorEnv):
         self.t = np.where(moving, t + 1, t)
         info = self._info(sim)
         return self._observation(), reward, last.copy(), np.zeros(N, bool), info
-
-    def _running_vaso_rows(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return np.where(t > 0, self.actions[rows, np.maximum(t - 1, 0), 0], 0)
 
     def history(self, i: int) -> dict:
         "Everything episode i has seen so far (raw and standardized states, masks, actions, simulated flags) -- for prompts."
