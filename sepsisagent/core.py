@@ -35,6 +35,11 @@ class Profile:
     wm_epochs: int = 30                # world-model training epochs (early stopping on the validation split)
     wm_minutes: float = 2.5            # time budget per world-model network (state, outcome) on the CPU
     truth_replicas: int = 8            # SynthICU re-simulations per step for the world model's noise floor
+    knn_k: int = 100                   # neighbours of the kNN behaviour policy (Tang et al. 2022)
+    aic_clusters: int = 750            # AI Clinician: k-means states (Komorowski et al. 2018)
+    dqn_updates: int = 6_000           # DDQN / WD3QNE: gradient updates (batches of 128 transitions)
+    ope_boot: int = 2_000              # patient-level bootstrap resamples for 95 % intervals
+    value_replicas: int = 8            # SynthICU rollouts per test patient for a policy's true value (common random numbers)
 
     def override(self, **kw) -> 'Profile':
         "A copy with some knobs changed; unknown knobs are an error, not a silent no-op."
@@ -45,7 +50,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     'quick':   Profile('quick', synth_n_stays=600, synth_site_b_stays=150, synth_hours=48, wm_hidden=32, wm_epochs=3,
-                       wm_minutes=0.5, truth_replicas=3),
+                       wm_minutes=0.5, truth_replicas=3, aic_clusters=40, dqn_updates=300, ope_boot=200, value_replicas=2),
     'default': Profile('default'),
     'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda', wm_epochs=60,
                        wm_minutes=30),
