@@ -474,5 +474,7 @@ def load_or_train_baseline(profile: Profile | str | None, # profile (name)
     knobs = dict(seed=prof.seed, knn_k=prof.knn_k, aic_clusters=prof.aic_clusters, dqn_updates=prof.dqn_updates)
     inputs = dict(code=module_fingerprint('sepsisagent.baselines'), episodes=read_meta(processed_dir(prof) / 'episodes')['created'], knobs=knobs)
     path = results_dir(prof, 'models', 'baselines') / f'{name}.pt'
-    build_once(path, lambda tmp: torch.save(train_baseline(name, ep, prof), tmp), provenance(prof, **inputs), force=force)
+    from importlib import import_module      # the package's classes, never a notebook's copies: the pickle must load anywhere
+    train = import_module('sepsisagent.baselines').train_baseline
+    build_once(path, lambda tmp: torch.save(train(name, ep, prof), tmp), provenance(prof, **inputs), force=force)
     return torch.load(path, weights_only=False)

@@ -12,7 +12,7 @@ import numpy as np
 # %% auto 0
 __all__ = ['N_ACTIONS', 'GAMMA', 'ESTIMATORS', 'NEEDS_Q', 'one_hot', 'soften', 'step_mask', 'importance_weights', 'OPEData',
            'prepare', 'ess', 'wis', 'wpdis', 'wpdis_running_only', 'dr', 'wdr', 'bootstrap_counts', 'evaluate_policy',
-           'ToyMDP']
+           'ToyMDP', 'FQEModel', 'fit_fqe', 'episode_transitions', 'q_hat_for_episodes']
 
 # %% ../nbs/41_ope.ipynb
 N_ACTIONS = 25      # 5 vasopressor x 5 IV-fluid levels
@@ -242,6 +242,7 @@ def evaluate_policy(rewards,         # [N, T] rewards of the logged episodes
                     clip: float | None = None,  # upper bound on cumulative importance ratios
                     groups=None,                # [N] patient of each episode, for the patient-level bootstrap
                     pi_b_floor: float = 0.01 / N_ACTIONS, # behaviour probability used where the logged action had probability 0
+                    return_replicates: bool = False, # also return every estimator's bootstrap replicates (key 'replicates')
                    ) -> dict:
     "Every estimator of the target policy's value with its 95 % patient-level bootstrap interval, ESS and input counts."
     d = prepare(rewards, lengths, pi_b, pi_e, q_hat, pi_e_all, actions, gamma, clip, pi_b_floor)
@@ -258,8 +259,9 @@ def evaluate_policy(rewards,         # [N, T] rewards of the logged episodes
                 warnings.simplefilter('ignore', RuntimeWarning)      # all-NaN replicates: the interval is NaN
                 lo, hi = np.nanpercentile(np.concatenate(replicates[k]), [2.5, 97.5])
         out |= {k: point.get(k, np.nan), f'{k}_lo': float(lo), f'{k}_hi': float(hi)}
-    return out | dict(n_episodes=len(d.w), n_steps=int(d.mask.sum()), n_zero_pi_b=d.n_zero_pi_b,
-                      gamma=gamma, clip=clip, n_boot=n_boot, seed=seed)
+    out |= dict(n_episodes=len(d.w), n_steps=int(d.mask.sum()), n_zero_pi_b=d.n_zero_pi_b, gamma=gamma, clip=clip, n_boot=n_boot, seed=seed)
+    if return_replicates: out['replicates'] = {k: np.concatenate(v) if v else np.array([]) for k, v in replicates.items()}
+    return out
 
 # %% ../nbs/41_ope.ipynb
 @dataclass
@@ -325,3 +327,187 @@ class ToyMDP:
         q = self.q_values(pi_e) if q is None else q
         return dict(rewards=data['rewards'], lengths=data['lengths'], pi_b=pi_b[s, a], pi_e=pi_e[s, a],
                     q_hat=q[np.arange(self.T), s], pi_e_all=pi_e[s], actions=a)
+
+# %% ../nbs/41_ope.ipynb
+import contextlib, io, random
+from dataclasses import field
+
+import torch
+from torch import nn
+
+# %% ../nbs/41_ope.ipynb
+@dataclass
+class FQEModel:
+    "A fitted Q of the target policy: `q(s)` -> [M, n_actions] in the units of the rewards."
+    backend: str         # 'torch' or 'd3rlpy'
+    net: object          # torch: the Q network; d3rlpy: the fitted `DiscreteFQE` (both see standardised features)
+    mean: np.ndarray     # [d] feature means used to standardise
+    sd: np.ndarray       # [d] feature standard deviations (1 where a feature is constant)
+    r_scale: float       # rewards were divided by this for fitting; Q is multiplied back
+    n_actions: int       # number of actions
+    history: list = field(default_factory=list)  # mean training loss (scaled units) per iteration (torch) or epoch (d3rlpy)
+
+    def features(self, s) -> np.ndarray:
+        "Standardised float32 features."
+        return ((np.asarray(s, np.float32) - self.mean) / self.sd).astype(np.float32)
+
+    def q(self, s, # [M, d] features
+         ) -> np.ndarray:
+        "[M, n_actions] fitted Q(s, a) of the target policy."
+        x = self.features(s)
+        if self.backend == 'd3rlpy':
+            out = np.stack([self.net.predict_value(x, np.full(len(x), k)) for k in range(self.n_actions)], -1)
+        else:
+            with torch.no_grad(): out = torch.cat([self.net(b) for b in torch.from_numpy(x).split(65536)]).numpy()
+        return out.astype(float) * self.r_scale
+
+def _fqe_arrays(s, a, r, s_next, done, pi_e_next):
+    "Checked transitions (a `ValueError` names the argument at fault); s_next and pi_e_next are zeroed where done."
+    s, r, done = np.asarray(s, float), np.asarray(r, float), np.asarray(done)
+    if s.ndim != 2 or len(s) == 0: raise ValueError(f"s must be [M transitions, d features] with M > 0, got shape {s.shape}")
+    M = len(s)
+    pi, s_next = np.asarray(pi_e_next, float), np.asarray(s_next, float)
+    if pi.ndim != 2 or len(pi) != M: raise ValueError(f"pi_e_next must be [{M}, n_actions], got shape {pi.shape}")
+    if s_next.shape != s.shape: raise ValueError(f"s_next must have the shape of s {s.shape}, got {s_next.shape}")
+    for name, x in [('r', r), ('done', done)]:
+        if x.shape != (M,): raise ValueError(f"{name} must have shape ({M},), got {x.shape}")
+    if not np.isin(done, [0, 1]).all(): raise ValueError("done must be boolean")
+    a = np.asarray(a)
+    if a.shape != (M,) or not ((a == np.round(a)).all() and a.min() >= 0 and a.max() < pi.shape[1]):
+        raise ValueError(f"a must be {M} whole numbers in 0..{pi.shape[1] - 1}")
+    if not np.isfinite(s).all(): raise ValueError("s has NaN/inf values")
+    if not np.isfinite(r).all(): raise ValueError("r has NaN/inf values")
+    live = ~done.astype(bool)
+    if not np.isfinite(s_next[live]).all(): raise ValueError("s_next has NaN/inf values where done is False")
+    p = pi[live]
+    if not (np.isfinite(p).all() and (p >= 0).all() and np.allclose(p.sum(-1), 1, atol=1e-5)):
+        raise ValueError("pi_e_next rows must be probabilities summing to 1 where done is False")
+    return s, a.astype(int), r, np.where(live[:, None], s_next, 0.0), ~live, np.where(live[:, None], pi, 0.0)
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    "Run torch with n intra-op threads (None: unchanged), restoring the setting afterwards."
+    old = torch.get_num_threads()
+    if n: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
+
+# %% ../nbs/41_ope.ipynb
+def _mlp(d: int, hidden: int, n_actions: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_actions))
+
+def _fit_torch(x, a, r, x_next, done, pi_next, gamma, hidden, iterations, epochs, batch_size, lr, seed):
+    "Our FQE loop: per iteration, fixed targets from the network as it stood, then `epochs` passes of regression."
+    X, Xn, A, R = torch.from_numpy(x), torch.from_numpy(x_next), torch.from_numpy(a)[:, None], torch.from_numpy(r)
+    P, live = torch.tensor(pi_next, dtype=torch.float32), torch.tensor(~done, dtype=torch.float32)
+    torch.manual_seed(seed)
+    net, gen = _mlp(X.shape[1], hidden, P.shape[1]), torch.Generator().manual_seed(seed)
+    opt, history, n_batches = torch.optim.Adam(net.parameters(), lr=lr), [], -(-len(X) // batch_size)
+    for _ in range(iterations):
+        with torch.no_grad(): y = R + gamma * live * (P * net(Xn)).sum(-1)          # the frozen Q_{k-1}
+        for _ in range(epochs):
+            losses = []
+            for idx in torch.randperm(len(X), generator=gen).tensor_split(n_batches):   # equal sizes, no tiny remainder
+                loss = ((net(X[idx]).gather(1, A[idx])[:, 0] - y[idx]) ** 2).mean()
+                opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    return net.eval(), history
+
+class _GreedyTarget:
+    "What d3rlpy's FQE asks of an algo, `impl.predict_best_action(next_obs)`: here a look-up of the target's action."
+    def __init__(self, x_next, a_next):
+        self.table, self.impl = {}, self
+        for row, act in zip(x_next, a_next):
+            if self.table.setdefault(row.tobytes(), act) != act:
+                raise ValueError("backend='d3rlpy': the target's action differs between transitions with identical next-state "
+                                 "features; d3rlpy needs a target that is a function of the features")
+    def predict_best_action(self, x):   # terminal transitions have all-zero next rows: any action, their Q is unused
+        return torch.tensor([self.table.get(row.tobytes(), 0) for row in x.detach().cpu().numpy()], dtype=torch.long)
+
+def _fit_d3rlpy(x, a, r, x_next, done, pi_next, gamma, hidden, iterations, epochs, batch_size, lr, seed):
+    "The same fit with d3rlpy's `DiscreteFQE`, for a deterministic target (the argmax of `pi_next`)."
+    with contextlib.redirect_stderr(io.StringIO()): import d3rlpy        # silences gym's deprecation banner
+    from d3rlpy.constants import ActionSpace
+    M, d, n_actions, live = len(x), x.shape[1], pi_next.shape[1], ~done
+    # one d3rlpy episode per transition: [s, s_next] cut by a timeout (not terminal), or [s] ending in a terminal
+    pos = np.arange(M) + np.concatenate([[0], np.cumsum(live)[:-1]])
+    obs, acts = np.zeros((M + live.sum(), d), np.float32), np.zeros(M + live.sum(), int)
+    rew, term, tout = (np.zeros(M + live.sum(), np.float32) for _ in range(3))
+    obs[pos], acts[pos], rew[pos], term[pos[done]] = x, a, r, 1
+    obs[pos[live] + 1], tout[pos[live] + 1] = x_next[live], 1
+    steps = epochs * -(-M // batch_size)                             # gradient steps per iteration = target-update interval
+    with contextlib.redirect_stdout(io.StringIO()):                  # d3rlpy logs every epoch to stdout
+        data = d3rlpy.dataset.MDPDataset(obs, acts, rew, term, tout, action_space=ActionSpace.DISCRETE, action_size=n_actions)
+        d3rlpy.seed(seed)
+        fqe = d3rlpy.ope.DiscreteFQE(algo=_GreedyTarget(x_next[live], pi_next[live].argmax(-1)), config=d3rlpy.ope.FQEConfig(
+            learning_rate=lr, batch_size=batch_size, gamma=gamma, target_update_interval=steps,
+            encoder_factory=d3rlpy.models.VectorEncoderFactory([hidden, hidden])), device=False)
+        log = fqe.fit(data, n_steps=iterations * steps, n_steps_per_epoch=steps,
+                      logger_adapter=d3rlpy.logging.NoopAdapterFactory(), show_progress=False)
+    return fqe, [float(m['loss']) for _, m in log]
+
+# %% ../nbs/41_ope.ipynb
+def fit_fqe(s,          # [M, d] features of the state of each transition
+            a,          # [M] logged actions 0..n_actions-1
+            r,          # [M] rewards
+            s_next,     # [M, d] features of the next state (ignored where done)
+            done,       # [M] True where the transition ends its episode
+            pi_e_next,  # [M, n_actions] target-policy probabilities at s_next (ignored where done)
+            *,
+            gamma: float = GAMMA,          # discount
+            backend: str = 'torch',        # 'torch' (our loop, any target) or 'd3rlpy' (DiscreteFQE, deterministic targets)
+            hidden: int = 128,             # units of each of the two hidden layers
+            iterations: int = 40,          # FQE iterations; at least the horizon (20 steps) so values reach the start
+            epochs_per_iteration: int = 1, # passes over the data per iteration (the network is warm-started) ...
+            min_steps: int = 50,           # ... or more, until each iteration has taken this many gradient steps
+            batch_size: int = 512,         # transitions per gradient step
+            lr: float = 1e-3,              # Adam learning rate
+            seed: int = 0,                 # seed of the initialisation and the mini-batches
+            threads: int | None = 1,       # torch threads during the fit (None: leave torch's setting)
+            greedy_tol: float = 0.05,      # backend='d3rlpy': each pi_e_next row must put >= 1 - greedy_tol on one action
+           ) -> FQEModel:
+    "Fitted Q evaluation of the target policy whose probabilities at the next states are `pi_e_next`."
+    s, a, r, s_next, done, pi = _fqe_arrays(s, a, r, s_next, done, pi_e_next)
+    if backend not in ('torch', 'd3rlpy'): raise ValueError(f"backend must be 'torch' or 'd3rlpy', got {backend!r}")
+    if backend == 'd3rlpy' and (soft := int((pi[~done].max(-1) < 1 - greedy_tol).sum())):
+        raise ValueError(f"backend='d3rlpy' evaluates deterministic targets only (d3rlpy's FQE bootstraps from one action per "
+                         f"next state); {soft} pi_e_next rows put less than {1 - greedy_tol:g} on their most likely action. "
+                         "Use backend='torch' for stochastic targets.")
+    sd = s.std(0)
+    r_scale = max(1.0, float(np.abs(r).max())) * (4 if backend == 'd3rlpy' else 1)   # 4: keep d3rlpy's Huber loss quadratic
+    model = FQEModel(backend, None, s.mean(0).astype(np.float32), np.where(sd > 0, sd, 1).astype(np.float32), r_scale, pi.shape[1])
+    epochs = max(epochs_per_iteration, -(-min_steps // -(-len(s) // batch_size)))
+    x_next = model.features(s_next) * ~done[:, None]                  # all-zero rows where the episode ended
+    fit = _fit_torch if backend == 'torch' else _fit_d3rlpy
+    np_state, py_state = np.random.get_state(), random.getstate()    # d3rlpy.seed reseeds numpy's and Python's generators
+    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
+        try: model.net, model.history = fit(model.features(s), a, (r / r_scale).astype(np.float32), x_next, done, pi,
+                                            gamma, hidden, iterations, epochs, batch_size, lr, seed)
+        finally: np.random.set_state(np_state); random.setstate(py_state)
+    return model
+
+# %% ../nbs/41_ope.ipynb
+def episode_transitions(S,         # [N, T, d] state features of the logged episodes (padding ignored)
+                        actions,   # [N, T] logged actions
+                        rewards,   # [N, T] rewards
+                        lengths,   # [N] episode lengths; the last step of every episode is terminal
+                        pi_e_all,  # [N, T, n_actions] target-policy probabilities at every logged state
+                       ) -> dict:
+    "The logged transitions as the keyword arguments `s, a, r, s_next, done, pi_e_next` of `fit_fqe`."
+    S, pi_e_all, lengths = np.asarray(S, float), np.asarray(pi_e_all, float), np.asarray(lengths)
+    mask = step_mask(lengths, S.shape[1])
+    after = lambda x: np.concatenate([x[:, 1:], np.zeros_like(x[:, :1])], 1)    # the value at step t + 1
+    done = np.arange(S.shape[1]) == lengths[:, None] - 1
+    return dict(s=S[mask], a=np.asarray(actions)[mask], r=np.asarray(rewards, float)[mask], s_next=after(S)[mask],
+                done=done[mask], pi_e_next=after(pi_e_all)[mask])
+
+def q_hat_for_episodes(model: FQEModel, # a fitted FQE
+                       S,               # [N, T, d] state features of the logged episodes (padding ignored, NaN allowed)
+                       lengths,         # [N] episode lengths
+                      ) -> np.ndarray:
+    "[N, T, n_actions] Q_hat at every logged state, zero after each episode's end: the `q_hat` of `evaluate_policy`."
+    S = np.asarray(S, float)
+    mask = step_mask(lengths, S.shape[1])
+    out = np.zeros(mask.shape + (model.n_actions,))
+    out[mask] = model.q(S[mask])
+    return out
