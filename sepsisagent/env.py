@@ -8,28 +8,46 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import gymnasium as gym
 from gymnasium.vector import VectorEnv
 
 from scipy.special import ndtri
 
 from .core import Profile, get_profile, derive_seed
-from .synthicu import FEATURES, sofa_components, _splitmix
+from .synthicu import FEATURES, sofa_components, _splitmix, _GOLD, _M1, _M2
 from .episodes import Episodes, load_or_build_episodes
-from .worldmodel import (WorldModel, EpisodeArrays, two_hot, destandardize, measured_weights, load_or_train_world_model,
-                                    N_OBS, N_MASK, URINE)
+from .worldmodel import (WorldModel, WorldModelConfig, WindowEncoder, StateModel, EpisodeArrays, two_hot, measured_weights,
+                                    load_or_train_world_model, N_OBS, N_MASK, N_ACTION, URINE)
 
 # %% auto 0
-__all__ = ['SOFA_WINDOW', 'keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'Transition', 'SepsisEnv',
-           'make_env', 'run_episodes', 'clinician_policy']
+__all__ = ['SOFA_WINDOW', 'ACTION_TWO_HOT', 'keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'folded_layers',
+           'gru_cell', 'lstm_cell', 'state_heads', 'predict_candidates', 'Transition', 'SepsisEnv', 'make_env',
+           'run_episodes', 'clinician_policy']
 
 # %% ../nbs/11_env.ipynb
-def keyed_uniform(keys: np.ndarray, n: int) -> np.ndarray:
-    "[B] uint64 keys -> [B, n] uniforms in (0, 1), a pure function of each key."
-    keys = np.asarray(keys, dtype=np.uint64)
+def _splitmix_(z: np.ndarray) -> np.ndarray:
+    "SynthICU's `_splitmix`, overwriting z: the same bits with fewer temporaries."
     with np.errstate(over='ignore'):
-        bits = _splitmix(_splitmix(keys[:, None] ^ _splitmix(np.arange(1, n + 1, dtype=np.uint64))[None, :]))
-    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+        z += _GOLD
+        z ^= z >> np.uint64(30); z *= _M1
+        z ^= z >> np.uint64(27); z *= _M2
+        z ^= z >> np.uint64(31)
+    return z
+
+def keyed_uniform(keys: np.ndarray, # [B] uint64 keys
+                  n: int, # uniforms per key
+                  block: int = 512, # keys hashed at a time (a block's bits stay in cache: same result, faster)
+                  ) -> np.ndarray:
+    "[B] uint64 keys -> [B, n] uniforms in (0, 1), a pure function of each key."
+    keys, salt = np.asarray(keys, dtype=np.uint64), _splitmix(np.arange(1, n + 1, dtype=np.uint64))
+    u = np.empty((len(keys), n))
+    for i in range(0, len(keys), block):
+        bits = _splitmix_(_splitmix_(keys[i:i + block, None] ^ salt))
+        bits >>= np.uint64(11)
+        u[i:i + block] = bits                                       # the top 53 bits, exactly representable
+    u += 0.5; u *= 2.0 ** -53
+    return u
 
 def transition_keys(seed: int, stay_ids, steps, actions, draw: int = 0) -> np.ndarray:
     "The key of simulating (stay, step, action [v, f]) in an environment seeded `seed`."
@@ -44,14 +62,15 @@ def transition_keys(seed: int, stay_ids, steps, actions, draw: int = 0) -> np.nd
 # %% ../nbs/11_env.ipynb
 SOFA_WINDOW = 6   # 4-hourly states whose urine makes the last 24 h
 
-def state_sofa(recent: np.ndarray, # [N, 6, 39] raw states of steps t-5..t (imputed, clinical units; zeros before admission)
-               t: np.ndarray, # [N] step of the last state, the one scored
+def state_sofa(state: np.ndarray, # [N, 39] raw state scored, of step t (imputed, clinical units)
+               urine: np.ndarray, # [N, 6] urine output of steps t-5..t (0 before admission: nothing collected)
+               t: np.ndarray, # [N] step of the state
                vent: np.ndarray, # [N] ventilated at that state
                vaso_level: np.ndarray, # [N] vasopressor level running into it
                ) -> dict:
-    "SOFA organ scores and total of the last state of each window."
-    f = {c: recent[:, -1, j] for j, c in enumerate(FEATURES)}
-    last6 = recent[:, :, URINE].sum(1)
+    "SOFA organ scores and total of each state."
+    f = {c: state[:, j] for j, c in enumerate(FEATURES)}
+    last6 = urine.sum(1)
     hours = np.where(t < 6, 1 + 4 * t, 24)
     urine24 = np.where(t >= 1, last6 * 24 / hours, np.nan)
     return sofa_components(f['pao2'], f['fio2'], vent, f['platelet'], f['bilirubin_total'], f['meanbp'],
@@ -61,6 +80,78 @@ def shaped_reward(sofa_now, sofa_next, lactate_now, lactate_next) -> np.ndarray:
     "Raghu et al.'s intermediate reward (upstream.md §5)."
     d = sofa_next - sofa_now
     return -0.025 * ((d == 0) & (sofa_now > 0)) - 0.125 * d - 2 * np.tanh(lactate_next - lactate_now)
+
+# %% ../nbs/11_env.ipynb
+ACTION_TWO_HOT = two_hot(np.stack(np.divmod(np.arange(25), 5), 1)).numpy()   # [25, 10]: row 5 v + f is the action (v, f)
+
+@torch.no_grad()
+def folded_layers(sm: WindowEncoder) -> list[tuple]:
+    "(W_ih, b_ih, W_hh, b_hh) of each recurrent layer; the first reads [obs, masks, statics, two-hot action] (embeddings folded in)."
+    rnn, n, s = getattr(sm, sm.cfg.backbone), N_OBS + N_MASK, sm.cfg.static_embed
+    layers = [tuple(getattr(rnn, f'{p}_l{l}') for p in ('weight_ih', 'bias_ih', 'weight_hh', 'bias_hh')) for l in range(sm.cfg.layers)]
+    W_ih, b_ih, W_hh, b_hh = layers[0]
+    W_s, W_a = W_ih[:, n:n + s], W_ih[:, n + s:]               # the columns that read the static and action embeddings
+    layers[0] = (torch.cat([W_ih[:, :n], W_s @ sm.static_embed.weight, W_a @ sm.act_embed.weight], 1),
+                 b_ih + W_s @ sm.static_embed.bias + W_a @ sm.act_embed.bias, W_hh, b_hh)
+    return layers
+
+def gru_cell(gi, # [..., 3H] W_ih x + b_ih
+             gh, # [..., 3H] W_hh h + b_hh (broadcasts)
+             state: tuple, # (h,)
+             ) -> tuple:
+    "One GRU step (PyTorch's gates r, z, n) -> (h,)."
+    h = state[0]; H = h.shape[-1]
+    rz = (gi[..., :2 * H] + gh[..., :2 * H]).sigmoid_()
+    n = torch.addcmul(gi[..., 2 * H:], rz[..., :H], gh[..., 2 * H:]).tanh_()    # tanh(gi_n + r * gh_n)
+    return (n.lerp_(h, rz[..., H:]),)                                          # (1 - z) * n + z * h
+
+def lstm_cell(gi, # [..., 4H] W_ih x + b_ih
+              gh, # [..., 4H] W_hh h + b_hh (broadcasts)
+              state: tuple, # (h, c)
+              ) -> tuple:
+    "One LSTM step (PyTorch's gates i, f, g, o) -> (h, c)."
+    i, f, g, o = (gi + gh).chunk(4, -1)
+    c = torch.addcmul(f.sigmoid_() * state[1], i.sigmoid_(), g.tanh_())
+    return o.sigmoid_() * torch.tanh(c), c
+
+def state_heads(sm: StateModel, # the state model
+                h: torch.Tensor, # [..., hidden] last hidden state of the backbone
+                last_obs: torch.Tensor, # [..., 39] the window's last state (the residual's base; broadcasts)
+                ) -> dict:
+    "`StateModel.forward` after `encode`, returned as `WorldModel.predict` does: mu, sigma, vent_prob, mask_prob."
+    vent_logit = sm.vent_head(h)
+    z = sm.trans_pre(torch.cat([h, torch.sigmoid(vent_logit)], -1))
+    mu = sm.mu_head(z) + (last_obs if sm.cfg.residual else 0)
+    return dict(mu=mu, sigma=sm.log_sigma_head(z).clamp(-5, 2).exp(), vent_prob=torch.sigmoid(vent_logit.squeeze(-1)),
+                mask_prob=torch.sigmoid(sm.mask_head(z)))
+
+@torch.inference_mode()
+def predict_candidates(sm: StateModel, # a GRU or LSTM state model, in eval mode
+                       obs: torch.Tensor, # [E, W, 39] windows of E episodes (zeros before admission)
+                       mask: torch.Tensor, # [E, W, 38]
+                       static: torch.Tensor, # [E, 3]
+                       history_action: torch.Tensor, # [E, W-1, 10] two-hot actions of the first W-1 steps (zeros before admission)
+                       action: torch.Tensor, # [E, K, 10] two-hot candidate actions at the last step, K per episode
+                       layers: list | None = None, # `folded_layers(sm)`, if already made
+                       ) -> dict:
+    "`WorldModel.predict` of the E x K candidate windows ([E, K, ...]), running each episode's W-1 shared steps once."
+    if sm.cfg.backbone not in ('gru', 'lstm'): raise ValueError(f"prefix sharing needs a recurrent backbone, not {sm.cfg.backbone!r}")
+    E, T = obs.shape[0], obs.shape[1] - 1
+    cell, layers = (gru_cell if sm.cfg.backbone == 'gru' else lstm_cell), (folded_layers(sm) if layers is None else layers)
+    x = torch.cat([obs[:, :-1], mask[:, :-1], static[:, None].expand(-1, T, -1), history_action], -1)   # [E, T, 90]
+    states = [tuple(torch.zeros(E, sm.cfg.hidden) for _ in range(1 if cell is gru_cell else 2)) for _ in layers]
+    for t in range(T):                                          # the shared history, once per episode, up the stack step by step
+        inp = x[:, t]
+        for l, (W_ih, b_ih, W_hh, b_hh) in enumerate(layers):
+            states[l] = cell(F.linear(inp, W_ih, b_ih), F.linear(states[l][0], W_hh, b_hh) if t else b_hh, states[l])
+            inp = states[l][0]
+    for l, (W_ih, b_ih, W_hh, b_hh) in enumerate(layers):       # the last step: K candidates from each episode's states
+        if l == 0:   # the episode's state, masks and statics (once), plus each candidate's action
+            shared = F.linear(torch.cat([obs[:, -1], mask[:, -1], static], -1), W_ih[:, :-N_ACTION], b_ih)
+            gi = F.linear(action, W_ih[:, -N_ACTION:]).add_(shared[:, None])
+        else: gi = F.linear(h_c, W_ih, b_ih)
+        h_c = cell(gi, F.linear(states[l][0], W_hh, b_hh)[:, None], tuple(v[:, None] for v in states[l]))[0]   # [E, K, hidden]
+    return state_heads(sm, h_c, obs[:, -1:])
 
 # %% ../nbs/11_env.ipynb
 @dataclass
@@ -83,11 +174,12 @@ class SepsisEnv(VectorEnv):
                  seed: int = 0, # noise seed (reset(seed=...) overrides)
                  resample: bool = False, # True: the applied next state is a fresh sample, not the one `simulate` showed
                  outcome_rule: str = 'threshold', # 'threshold': death if P > 0.5 (published); 'sample': Bernoulli(P)
+                 share_prefix: bool = True, # GRU/LSTM: encode each episode's shared history once for all its candidates
                  ):
         if num_envs < 1: raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if outcome_rule not in ('threshold', 'sample'): raise ValueError(f"outcome_rule must be 'threshold' or 'sample', got {outcome_rule!r}")
         self.wm, self.ep, self.split, self.num_envs, self.seed = wm, ep, split, num_envs, seed
-        self.resample, self.outcome_rule = resample, outcome_rule
+        self.resample, self.outcome_rule, self.share_prefix = resample, outcome_rule, share_prefix
         self.data = EpisodeArrays.from_episodes(ep, split)
         if len(self.data) == 0: raise ValueError(f"The {split!r} split has no episodes")
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (N_OBS + N_MASK + 3,), np.float32)
@@ -95,6 +187,8 @@ class SepsisEnv(VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.z_low, self.z_high = wm.z_low.numpy(), wm.z_high.numpy()
+        self.z_mean = np.array([ep.scalers.mean[f] for f in FEATURES]); self.z_sd = np.array([ep.scalers.sd[f] for f in FEATURES])
+        self._layers = folded_layers(wm.state) if wm.cfg.backbone in ('gru', 'lstm') else None
         self.idx = None
 
     # -- state of the batch ------------------------------------------------------------------
@@ -112,7 +206,7 @@ class SepsisEnv(VectorEnv):
         self.static = d.static[idx].numpy()
         self.actions = np.zeros((N, d.obs.shape[1], 2), np.int64)
         self.vent = d.vent[idx].numpy().copy()
-        self.raw = destandardize(self.obs, self.ep.scalers)
+        self.raw = self._destandardize(self.obs)
         self.t = np.zeros(N, np.int64)
         self.diverged = np.zeros(N, bool); self.divergence_step = np.full(N, -1)
         self.done = np.zeros(N, bool); self.died = np.full(N, np.nan); self.death_prob = np.full(N, np.nan)
@@ -128,14 +222,20 @@ class SepsisEnv(VectorEnv):
         "Vasopressor level running into the state at step t of episodes `rows`: the previous action's (0 at admission)."
         return np.where(t > 0, self.actions[rows, np.maximum(t - 1, 0), 0], 0)
 
-    def _recent(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        "Raw states of steps t-5..t of episodes `rows` [B, 6, 39]; zeros before admission (no urine collected)."
+    def _urine(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+        "Urine output of steps t-5..t of episodes `rows` [B, 6]; zeros before admission (none collected)."
         s = t[:, None] + np.arange(-SOFA_WINDOW + 1, 1)
-        return np.where((s >= 0)[..., None], self.raw[rows[:, None], np.maximum(s, 0)], 0.0)
+        return np.where(s >= 0, self.raw[rows[:, None], np.maximum(s, 0), URINE], 0.0)
 
     def _sofa(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
         "SOFA total of the (replayed or applied) state at step t of episodes `rows`."
-        return state_sofa(self._recent(rows, t), t, self.vent[rows, t] > 0.5, self._running_vaso(rows, t))['sofa_total']
+        return state_sofa(self.raw[rows, t], self._urine(rows, t), t, self.vent[rows, t] > 0.5, self._running_vaso(rows, t))['sofa_total']
+
+    def _destandardize(self, z: np.ndarray) -> np.ndarray:
+        "`worldmodel.destandardize` with the scaler arrays made once: standardized [..., 39] -> clinical units."
+        x = np.asarray(z, dtype=np.float64) * self.z_sd + self.z_mean
+        x[..., URINE] = np.maximum(np.expm1(x[..., URINE]), 0.0)   # float rounding at 0 mL must not show as negative urine
+        return x
 
     def _info(self, new_simulated: np.ndarray) -> dict:
         i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
@@ -149,30 +249,51 @@ class SepsisEnv(VectorEnv):
         return self.logged[np.arange(self.num_envs), np.minimum(self.t, self.length - 1)]
 
     # -- the world model ---------------------------------------------------------------------
-    def _windows(self, rows: np.ndarray, actions: np.ndarray, W: int):
-        "Windows of W steps ending at the current step of episodes `rows`, with `actions` at the last position."
-        t = self.t[rows]
-        steps = t[:, None] + np.arange(-W + 1, 1)[None, :]
+    def _history(self, rows: np.ndarray, W: int):
+        "Windows of W steps ending at the current step of episodes `rows` (zeros before admission): obs, masks, static, and the two-hot actions of the first W-1 steps."
+        steps = self.t[rows][:, None] + np.arange(-W + 1, 1)
         valid = (steps >= 0)[..., None].astype(np.float32)
         s = np.maximum(steps, 0)
-        acts = self.actions[rows[:, None], s].copy(); acts[:, -1] = actions
         obs = self.obs[rows[:, None], s] * valid
         if not np.isfinite(obs).all(): raise ValueError(f"NaN in the history window of stays {self.stay_id[rows][~np.isfinite(obs).all((1, 2))][:5]}")
+        acts = self.actions[rows[:, None], s[:, :-1]]
         return (torch.from_numpy(obs), torch.from_numpy(self.masks[rows[:, None], s] * valid), torch.from_numpy(self.static[rows]),
-                two_hot(acts) * torch.from_numpy(valid))
+                torch.from_numpy(ACTION_TWO_HOT[5 * acts[..., 0] + acts[..., 1]] * valid[:, :-1]))
 
-    def _sample(self, rows: np.ndarray, actions: np.ndarray, draw: int = 0) -> Transition:
-        "Sample the next state of episodes `rows` under `actions` [B, 2] (keyed noise, clipped, masks from the mask head)."
-        p = self.wm.predict(*self._windows(rows, actions, self.wm.cfg.state_window))
-        mu, sigma = p['mu'].numpy(), p['sigma'].numpy()
+    def _windows(self, rows: np.ndarray, actions: np.ndarray, W: int):
+        "Windows of W steps ending at the current step of episodes `rows`, with `actions` at the last position."
+        obs, masks, static, acts = self._history(rows, W)
+        return obs, masks, static, torch.cat([acts, torch.from_numpy(ACTION_TWO_HOT[5 * actions[:, 0] + actions[:, 1]])[:, None]], 1)
+
+    def _predict(self, rows: np.ndarray, actions: np.ndarray, keep: np.ndarray) -> dict:
+        "The state model on the kept (episode, action) pairs ([B], row-major); a recurrent backbone runs each episode's history once."
+        W = self.wm.cfg.state_window
+        if not (self.share_prefix and self._layers is not None):
+            return self.wm.predict(*self._windows(np.repeat(rows, actions.shape[1])[keep.ravel()], actions[keep], W))
+        p = predict_candidates(self.wm.state, *self._history(rows, W), torch.from_numpy(ACTION_TWO_HOT[5 * actions[..., 0] + actions[..., 1]]),
+                               layers=self._layers)
+        if keep.all(): return {k: v.flatten(0, 1) for k, v in p.items()}
+        keep = torch.from_numpy(keep)
+        return {k: v[keep] for k, v in p.items()}
+
+    def _sample(self, rows: np.ndarray, # [E] distinct episodes
+                actions: np.ndarray, # [E, K, 2] K actions for each
+                draw: int = 0, # noise stream (0: the one `simulate` shows)
+                keep: np.ndarray | None = None, # [E, K] which pairs to sample (default: all)
+                ) -> Transition:
+        "Sample the next states of the kept (episode, action) pairs, flattened row-major (keyed noise, clipped, masks from the mask head)."
+        keep = np.ones(actions.shape[:2], bool) if keep is None else keep
+        p = {k: v.numpy() for k, v in self._predict(rows, actions, keep).items()}
+        rows, actions = np.repeat(rows, actions.shape[1])[keep.ravel()], actions[keep]
+        mu, sigma = p['mu'], p['sigma']
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()): raise FloatingPointError("the state model returned NaN or inf")
-        u = keyed_uniform(transition_keys(self.seed, self.stay_id[rows], self.t[rows], actions, draw), N_OBS + N_MASK)
-        eps = ndtri(u[:, :N_OBS])
-        masks = (u[:, N_OBS:] < p['mask_prob'].numpy()).astype(np.float32)
-        prev = self.obs[rows, self.t[rows]]
-        z = np.clip(mu + sigma * eps, self.z_low, self.z_high)
-        z = np.where(measured_weights(torch.from_numpy(masks)).numpy() > 0, z, prev).astype(np.float32)
-        return Transition(z=z, raw=destandardize(z, self.ep.scalers), masks=masks, vent_prob=p['vent_prob'].numpy(), mu=mu)
+        t = self.t[rows]
+        u = keyed_uniform(transition_keys(self.seed, self.stay_id[rows], t, actions, draw), N_OBS + N_MASK)
+        masks = (u[:, N_OBS:] < p['mask_prob']).astype(np.float32)
+        z = ndtri(u[:, :N_OBS]); z *= sigma; z += mu                    # mu + sigma * eps (float64)
+        z = np.clip(z, self.z_low, self.z_high, out=z).astype(np.float32)
+        np.copyto(z, self.obs[rows, t], where=measured_weights(torch.from_numpy(masks)).numpy() == 0)   # unmeasured: carried forward
+        return Transition(z=z, raw=self._destandardize(z), masks=masks, vent_prob=p['vent_prob'], mu=mu)
 
     def simulate(self, candidates) -> dict:
         "Predicted next state of K candidate actions per episode [N, K, 2] (-1 = no candidate), without advancing."
@@ -184,13 +305,14 @@ class SepsisEnv(VectorEnv):
         N, K = c.shape[:2]
         out = dict(z=np.full((N, K, N_OBS), np.nan, np.float32), raw=np.full((N, K, N_OBS), np.nan), masks=np.zeros((N, K, N_MASK), np.float32),
                    vent_prob=np.full((N, K), np.nan), sofa=np.full((N, K), np.nan), valid=valid)
-        rows, ks = np.nonzero(valid)
-        if len(rows):
-            tr = self._sample(rows, c[rows, ks])
+        if valid.any():
+            e = np.flatnonzero(valid.any(1))
+            tr = self._sample(e, np.where(valid[e, :, None], c[e], 0), keep=valid[e])
+            rows, ks = np.nonzero(valid)                                  # the same pairs, in the same order
             out['z'][rows, ks], out['raw'][rows, ks], out['masks'][rows, ks], out['vent_prob'][rows, ks] = tr.z, tr.raw, tr.masks, tr.vent_prob
             t = self.t[rows]
-            recent = np.concatenate([self._recent(rows, t)[:, 1:], tr.raw[:, None]], 1)   # the candidate's state appended
-            out['sofa'][rows, ks] = state_sofa(recent, t + 1, tr.vent_prob > 0.5, c[rows, ks, 0])['sofa_total']
+            urine = np.concatenate([self._urine(rows, t)[:, 1:], tr.raw[:, None, URINE]], 1)   # the candidate's urine appended
+            out['sofa'][rows, ks] = state_sofa(tr.raw, urine, t + 1, tr.vent_prob > 0.5, c[rows, ks, 0])['sofa_total']
         return out
 
     # -- advancing ---------------------------------------------------------------------------
@@ -211,7 +333,7 @@ class SepsisEnv(VectorEnv):
         sim = moving & self.diverged
         if sim.any():
             rows = np.flatnonzero(sim)
-            tr = self._sample(rows, a[rows], draw=1 if self.resample else 0)
+            tr = self._sample(rows, a[rows, None], draw=1 if self.resample else 0)
             self.obs[rows, t[rows] + 1], self.masks[rows, t[rows] + 1] = tr.z, tr.masks
             self.raw[rows, t[rows] + 1], self.vent[rows, t[rows] + 1] = tr.raw, tr.vent_prob
             self.simulated[rows, t[rows] + 1] = True
