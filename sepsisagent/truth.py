@@ -14,15 +14,16 @@ import pandas as pd
 from .core import Profile, get_profile, derive_seed, results_dir
 from .synthicu import (FEATURES, SynthICU, Doses, simulate, observed_sofa, raghu_rewards, load_or_build_synthicu)
 from .episodes import Episodes, load_or_build_episodes
-from .ope import GAMMA, evaluate_policy, fit_fqe, q_hat_for_episodes
+from .ope import GAMMA, evaluate_policy, fit_fqe
 from .safety import policy_safety
 from .baselines import (StateBatch, Policy, logged_states, logged_actions, action_index, transitions,
                                    load_or_train_baseline, BASELINES, BASELINE_LABELS, N_LEVELS)
 from .env import SepsisEnv, make_env, run_episodes
+from .agent import env_state_batch
 
 # %% auto 0
 __all__ = ['OPE_ESTIMATORS', 'PAPER_MAIN', 'ScalerArrays', 'episode_statics', 'HospitalPolicy', 'episode_doses', 'TruthResult',
-           'rollout_rewards', 'true_values', 'to_grid', 'LoggedData', 'fqe_for_policy', 'ope_policy', 'env_batch',
+           'rollout_rewards', 'true_values', 'to_grid', 'LoggedData', 'fqe_for_policy', 'ope_policy',
            'world_model_value', 'estimator_errors', 'main_table']
 
 # %% ../nbs/43_truth.ipynb
@@ -174,23 +175,15 @@ class LoggedData:
         pb = behaviour.action_probs(b)[np.arange(len(b)), a]
         return cls(b, x['rewards'].astype(np.float64), x['lengths'], to_grid(a, b, N, T).astype(np.int64), to_grid(pb, b, N, T))
 
-    def next_state_probs(self, probs: np.ndarray) -> np.ndarray:
-        "[M, 25] a policy's probabilities at each decision's next decision (rows of the same episode; 0 at the last)."
-        nxt = np.zeros_like(probs)
-        same = self.batch.episode[1:] == self.batch.episode[:-1]
-        nxt[:-1][same] = probs[1:][same]
-        return nxt
-
-def fqe_for_policy(policy: Policy, train: LoggedData, gamma: float = GAMMA, seed: int = 0, **kw):
+def fqe_for_policy(policy: Policy, # the target policy
+                   batch: StateBatch, # `logged_states(ep, 'train')`
+                   tr: dict, # `transitions(ep, 'train')`: the same decisions as (s, a, r, s_next, done, ...)
+                   gamma: float = GAMMA, seed: int = 0, **kw):
     "Fitted Q evaluation of `policy` on the training transitions (features of `StateBatch.features`)."
-    b = train.batch
-    s = b.features()
-    probs = policy.ope_probs(b)
-    done = np.r_[b.episode[1:] != b.episode[:-1], True]
-    s_next = np.zeros_like(s); s_next[:-1] = s[1:]; s_next[done] = 0
-    r = train.rewards[b.episode, b.t]
-    a = train.actions[b.episode, b.t]
-    return fit_fqe(s, a, r, s_next, done, train.next_state_probs(probs), gamma=gamma, seed=seed, **kw)
+    probs = policy.ope_probs(batch)
+    live = np.flatnonzero(~tr['done'])                 # a step that is not its episode's last: its next decision is the next row
+    pi_next = np.zeros_like(probs); pi_next[live] = probs[live + 1]
+    return fit_fqe(tr['s'], tr['a'], tr['r'], tr['s_next'], tr['done'], pi_next, gamma=gamma, seed=seed, **kw)
 
 def ope_policy(policy: Policy, test: LoggedData, q_model=None, gamma: float = GAMMA, n_boot: int = 2000, seed: int = 0,
                clip: float | None = None) -> dict:
@@ -198,23 +191,16 @@ def ope_policy(policy: Policy, test: LoggedData, q_model=None, gamma: float = GA
     b = test.batch
     N, T = test.rewards.shape
     pi_e_all = to_grid(policy.ope_probs(b), b, N, T, fill=1 / 25)
-    q_hat = None if q_model is None else to_grid(q_model.q(b.features()), b, N, T)
-    return evaluate_policy(test.rewards, test.lengths, test.pi_b, q_hat=q_hat, pi_e_all=pi_e_all, actions=test.actions,
-                           gamma=gamma, n_boot=n_boot, seed=seed, clip=clip, return_replicates=True) if q_hat is not None else \
-           evaluate_policy(test.rewards, test.lengths, test.pi_b, pi_e=np.take_along_axis(pi_e_all, test.actions[..., None], -1)[..., 0],
-                           gamma=gamma, n_boot=n_boot, seed=seed, clip=clip, return_replicates=True)
+    dr_inputs = (dict(pi_e=np.take_along_axis(pi_e_all, test.actions[..., None], -1)[..., 0]) if q_model is None else
+                 dict(q_hat=to_grid(q_model.q(b.features()), b, N, T), pi_e_all=pi_e_all, actions=test.actions))
+    return evaluate_policy(test.rewards, test.lengths, test.pi_b, gamma=gamma, n_boot=n_boot, seed=seed, clip=clip,
+                           return_replicates=True, **dr_inputs)
 
 # %% ../nbs/43_truth.ipynb
-def env_batch(env: SepsisEnv) -> StateBatch:
-    "The environment's current decisions as a `StateBatch` (finished episodes point at their last step)."
-    K = env.obs.shape[1]
-    t = np.minimum(np.minimum(env.t, env.length - 1), K - 1)
-    return StateBatch(env.obs, env.raw.astype(np.float32), env.masks, env.static, env.actions, np.arange(env.num_envs), t, env.stay_id)
-
 def world_model_value(env: SepsisEnv, policy: Policy, gamma: float = GAMMA, seed: int = 0) -> dict:
     "Mean discounted return and survival % of `policy` over all of the environment's episodes (one batch)."
     rng = np.random.default_rng(seed)
-    act = (lambda e, obs, info: e.logged_actions()) if policy.logged else (lambda e, obs, info: policy.act(env_batch(e), rng))
+    act = (lambda e, obs, info: e.logged_actions()) if policy.logged else (lambda e, obs, info: policy.act(env_state_batch(e, np.arange(e.num_envs)), rng))
     out = run_episodes(env, act, np.arange(env.num_envs), seed=seed)
     disc = out['rewards'] @ gamma ** np.arange(out['rewards'].shape[1])
     return dict(wm_value=float(disc.mean()), wm_survival_pct=float(100 * (1 - np.nanmean(out['died']))),
