@@ -252,6 +252,7 @@ class _Slot:
     call_id: str = ''                               # id of the last tool call (its tool message answers it)
     n_replies: int = 0; n_invalid: int = 0; n_length: int = 0; n_tokens: int = 0; n_starts: int = 0
     errors: dict = field(default_factory=dict)
+    conversations: list = field(default_factory=list)  # step memory: each finished step's backend-view messages
 
     def add(self, *msgs):
         self.messages.extend(msgs); self.log.extend(log_messages(msgs))
@@ -336,7 +337,11 @@ def _record(slots: list, row: int, env, rewards: list, cfg: dict, system: str) -
         md.update(n_samples=len(slots), action_probs=[[None if np.isnan(p) else float(p) for p in r] for r in probs],
                   sample_actions=[[list(map(int, a)) for a in s.actions] for s in slots],
                   sample_failures=[s.failure for s in slots], logged_actions=[list(map(int, a)) for a in env.logged[row, :T]])
-    return dict(stay_id=stay, messages=s0.log, metadata=md)
+    rec = dict(stay_id=stay, messages=s0.log, metadata=md)
+    if cfg['keep_conversations']:                 # what the backend saw, step by step (RL re-tokenizes these)
+        unfinished = [s0.messages] if (cfg['memory'] == 'full' or s0.failure or (s0.messages and s0.messages[-1].get('role') != 'tool')) else []
+        rec['conversations'] = (list(s0.conversations) if cfg['memory'] == 'step' else []) + unfinished
+    return rec
 
 # %% ../nbs/21_agent.ipynb
 def _run_batch(env, backend: Backend, chunk: list, cfg: dict) -> list:
@@ -384,15 +389,24 @@ def _run_batch(env, backend: Backend, chunk: list, cfg: dict) -> list:
             s.actions.append(s.pending); s.sims.append(s.sims_step)
             s.pending, s.sims_step = None, 0
             r, given = s.row, tuple(int(x) for x in env.actions[s.row, t[s.row]])
-            if env.done[r]:
+            handed_back = cfg['max_steps'] is not None and len(s.actions) >= cfg['max_steps'] and not env.done[r]
+            if handed_back: s.active = False
+            if env.done[r] or handed_back:
+                end = 'End of the episode.' if env.done[r] else 'The clinicians treat the patient from here on.'
                 s.add(dict(role='tool', tool_call_id=s.call_id, name='prescription',
-                           content=f"Prescription applied for Hours {4 * t[r]}-{4 * t[r] + 4}: [{given[0]},{given[1]}]. End of the episode."))
+                           content=f"Prescription applied for Hours {4 * t[r]}-{4 * t[r] + 4}: [{given[0]},{given[1]}]. {end}"))
+                if cfg['keep_conversations'] and cfg['memory'] == 'step': s.conversations.append(s.messages)
             elif cfg['memory'] == 'full':
                 s.add(dict(render_prescription_response(given, env_history(env, r), style, lk), tool_call_id=s.call_id))
             else:
                 s.log.append(dict(role='tool_response', name='prescription',
                                   content=f"Prescription applied for Hours {4 * t[r]}-{4 * t[r] + 4}: [{given[0]},{given[1]}]."))
+                if cfg['keep_conversations']: s.conversations.append(s.messages)
                 s.messages = []; s.add(*start(r)); s.n_starts += 1
+    while not env.done[:n].all():                     # handed-back (and failed) episodes: the logged actions drive them to the end
+        stepping = [r for r in range(n) if not env.done[r]]
+        _, reward, _, _, _ = env.step(env.logged_actions())
+        for r in stepping: rewards[r].append(float(reward[r]))
     system = system_prompt_text(style)
     return [_record([s for s in slots if s.row == r], r, env, rewards[r], cfg, system) for r in range(n)]
 
@@ -417,7 +431,10 @@ def run_agent(env, # SepsisEnv; episodes run env.num_envs at a time
               max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, # sampling, passed to the backend
               seed: int = 0, # backend sampling seed (seed + round)
               n_samples: int = 1, # logged mode: independent conversations per episode
+              max_steps: int | None = None, # prescriptions the agent makes; then the clinicians' logged actions drive the patient to the end
+              keep_conversations: bool = False, # also return what the backend saw (`record['conversations']`, one list per conversation)
               out_path=None, # JSONL log; existing episodes in it are skipped
+              repeats: bool = False, # run repeated episode indices separately (RL groups; needs out_path None)
              ) -> list:
     "Run `episodes` with `backend`; one record (messages, metadata) per episode, in the order of `episodes`."
     if mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}")
@@ -425,12 +442,16 @@ def run_agent(env, # SepsisEnv; episodes run env.num_envs at a time
     check_style(style)
     if n_samples < 1 or (n_samples > 1 and mode != 'logged'): raise ValueError("n_samples > 1 needs mode='logged' (n_samples >= 1)")
     if max_sims_per_step < 1 or max_invalid < 1 or last_k < 1: raise ValueError("max_sims_per_step, max_invalid and last_k must be >= 1")
+    if max_steps is not None and max_steps < 1: raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
+    if repeats and out_path is not None: raise ValueError("repeats=True runs every index afresh: it cannot resume from out_path")
     episodes = [int(e) for e in np.atleast_1d(np.asarray(episodes, np.int64))]
     if episodes and (min(episodes) < 0 or max(episodes) >= len(env.data)):
         raise ValueError(f"episode indices must be in 0..{len(env.data) - 1} of the {env.split!r} split")
     cfg = dict(mode=mode, style=style, memory=memory, last_k=last_k, max_sims_per_step=max_sims_per_step, max_invalid=max_invalid,
                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=int(seed), n_samples=n_samples,
-               backend=getattr(backend, 'name', type(backend).__name__))
+               max_steps=max_steps, keep_conversations=keep_conversations, backend=getattr(backend, 'name', type(backend).__name__))
+    if repeats:
+        return [r for b in range(0, len(episodes), env.num_envs) for r in _run_batch(env, backend, episodes[b:b + env.num_envs], cfg)]
     stay = {e: int(env.data.stay_id[e]) for e in episodes}
     have = {}
     if out_path is not None and Path(out_path).exists(): have = {int(r['stay_id']): r for r in read_records(out_path)}

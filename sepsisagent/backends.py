@@ -143,19 +143,33 @@ class TransformersBackend(Backend):
                  name: str | None = None,
                 ):
         from transformers import AutoTokenizer, AutoModelForCausalLM
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id)
-        if not getattr(self.tokenizer, 'chat_template', None):
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id)
+        if not getattr(tokenizer, 'chat_template', None):
             raise ValueError(f"{path_or_hub_id} has no chat template: use an Instruct checkpoint or a SepsisAgent-tiny directory")
-        self.model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, dtype=self.dtype).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, dtype=dtype).to(device).eval()
+        self._setup(model, tokenizer, device, max_context, batch_size, stop, name or Path(str(path_or_hub_id)).name)
+
+    @classmethod
+    def from_model(cls, model, # a loaded causal LM (e.g. the one a trainer is updating; used as is, not copied)
+                   tokenizer, # its tokenizer, with a chat template
+                   max_context: int | None = None, batch_size: int = 32, stop: tuple = ('</tool_call>',), name: str = 'live'):
+        "A backend over a model already in memory: generation sees its current weights."
+        if not getattr(tokenizer, 'chat_template', None): raise ValueError("tokenizer has no chat template")
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, str(next(model.parameters()).device), max_context, batch_size, stop, name)
+        return self
+
+    def _setup(self, model, tokenizer, device, max_context, batch_size, stop, name):
+        self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, next(model.parameters()).dtype
         gc, tok = self.model.generation_config, self.tokenizer
         eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos_ids)
         self.stops = [tok.encode(s, add_special_tokens=False) for s in stop]
         self.max_context = max_context or getattr(self.model.config, 'max_position_embeddings', None) or tok.model_max_length
-        self.batch_size, self.name = batch_size, name or Path(str(path_or_hub_id)).name
+        self.batch_size, self.name = batch_size, name
         self._lock = threading.Lock()
 
     def prompt(self, messages: list, tools: list | None = None) -> str:
