@@ -21,8 +21,8 @@ from .agent import (Backend, Reply, tool_call_text, env_state_batch, parse_simul
                                MAX_CANDIDATES)
 
 # %% auto 0
-__all__ = ['allowed_actions', 'propose_candidates', 'candidate_scores', 'env_current', 'lookahead', 'rationale_text',
-           'WorldModelTeacher', 'batch_windows', 'TeacherPolicy']
+__all__ = ['RATIONALES', 'allowed_actions', 'propose_candidates', 'candidate_scores', 'env_current', 'lookahead',
+           'rationale_text', 'short_rationale', 'WorldModelTeacher', 'batch_windows', 'TeacherPolicy']
 
 # %% ../nbs/24_teacher.ipynb
 _ACTS = action_levels(np.arange(N_ACTIONS))          # [25, 2] the levels of action index 5 v + f
@@ -120,6 +120,14 @@ def rationale_text(cands, # [K, 2] the candidates, in the order simulated
         for j in others) if others else "") + ". All options follow the clinical protocols.")
     return "\n".join(lines + [why])
 
+def short_rationale(cands, look: dict, best: int) -> str:
+    "One line: the chosen candidate and its simulated SOFA, lactate and MAP (the demonstrations a small model clones)."
+    v, f = (int(x) for x in cands[best])
+    return (f"Best simulated: [{v},{f}], SOFA {int(look['sofa'][best])}, lactate {fmt_value(float(look['lactate'][best]), 'lactate')}, "
+            f"MAP {fmt_value(float(look['meanbp'][best]), 'meanbp')}.")
+
+RATIONALES = dict(full=rationale_text, short=short_rationale)
+
 # %% ../nbs/24_teacher.ipynb
 def _last_candidates(conv: list) -> list | None:
     "Candidates of the conversation's last simulation call (from its parsed tool_calls), or None."
@@ -136,8 +144,11 @@ class WorldModelTeacher(Backend):
     def __init__(self, env: SepsisEnv, # the environment the loop runs (its world model scores the candidates)
                  behaviour: Policy, # proposes the first candidate (the clinicians' behaviour policy)
                  mortality_weight: float = 1.0, # weight of the outcome model's expected terminal reward
-                 name: str = 'teacher'):
-        self.env, self.behaviour, self.mortality_weight, self.name = env, behaviour, mortality_weight, name
+                 name: str = 'teacher',
+                 rationale: str = 'full', # 'full' (every candidate's numbers) or 'short' (one line: what a small model clones)
+                ):
+        if rationale not in RATIONALES: raise ValueError(f"rationale must be one of {sorted(RATIONALES)}, got {rationale!r}")
+        self.env, self.behaviour, self.mortality_weight, self.name, self.rationale = env, behaviour, mortality_weight, name, rationale
         self.own = {}                           # (stay_id, sample) -> {step: (v, f)} the teacher's prescriptions
         self.n_calls = self.n_proposals = self.n_prescriptions = 0
 
@@ -187,7 +198,7 @@ class WorldModelTeacher(Backend):
                 v, f = c[best]
                 self.own.setdefault((int(self.env.stay_id[x['env_row']]), int(x.get('sample', 0))), {})[int(row['now']['t'])] = (v, f)
                 self.n_prescriptions += 1
-                out[i] = Reply(rationale_text(c, row, best) + "\n" + tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)),
+                out[i] = Reply(RATIONALES[self.rationale](c, row, best) + "\n" + tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)),
                                finish_reason='tool_calls')
             score = later
         return out
