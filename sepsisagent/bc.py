@@ -153,7 +153,8 @@ def decision_replies(profile: Profile | str | None, # profile (name)
                      n: int, # decisions
                      seed: int = 0,
                      style: str = 'compact', last_k: int = 3,
-                     max_new_tokens: int = 420, # per reply
+                     max_new_tokens: int = 96, # per reply
+                     first_max_new_tokens: int | None = None, # budget of the first reply (None: max_new_tokens)
                      split: str = 'test',
                      with_teacher: bool = True, # add the world-model teacher as backend 'teacher'
                     ) -> pd.DataFrame:
@@ -165,48 +166,80 @@ def decision_replies(profile: Profile | str | None, # profile (name)
     dec = sample_decisions(env0.data.lengths.numpy(), n, derive_seed(seed, 'stage2', 'decisions'))
     eps = np.unique(dec[:, 0])
     env = SepsisEnv(env0.wm, env0.ep, split, len(eps), seed=env0.seed)
-    row_of = {int(e): i for i, e in enumerate(eps)}
+    rows = np.searchsorted(eps, dec[:, 0]); steps = dec[:, 1]; D = len(dec)
+    by_t = {int(t): np.flatnonzero(steps == t) for t in np.unique(steps)}
+    ctx = [dict(env_row=int(rows[d]), step=int(steps[d]), sample=0) for d in range(D)]
+    lk = last_k if style == 'compact' else None
+    budget1 = first_max_new_tokens or max_new_tokens
+    ask = lambda be, convs, ds, budget: be.chat(convs, TOOLS, max_new_tokens=budget, temperature=0.0, seed=seed, context=[ctx[d] for d in ds])
+
+    def walk(fn):
+        "Replay the clinicians through the decisions' episodes, calling fn(decisions) at each step that has some."
+        env.reset(options=dict(episodes=eps))
+        for t in range(int(steps.max()) + 1):
+            if t in by_t: fn(by_t[t])
+            if not env.done.all(): env.step(env.logged_actions())
+
+    def second_convs(ds, first) -> dict:
+        "decision -> conversation answering its valid simulation call with the environment's result (env at the decisions' step)."
+        sims = [d for d in ds if _verdict(first[d])[:2] == (True, 'simulation')]
+        if not sims: return {}
+        cands = np.full((env.num_envs, MAX_CANDIDATES, 2), -1, np.int64)
+        for d in sims: c = _verdict(first[d])[2]; cands[rows[d], :len(c)] = c
+        raw = env.simulate(cands)['raw']
+        out = {}
+        for d in sims:
+            c = _verdict(first[d])[2]
+            out[d] = starts[d] + [_agent_call('simulation', dict(actions=[f"[{a},{b}]" for a, b in c]), 'call_0', first[d].text or ''),
+                                  dict(render_simulation_result(c, raw[rows[d], :len(c)], style), tool_call_id='call_0')]
+        return out
+
     backends = {k: (v if isinstance(v, Backend) else TransformersBackend(v, device='auto', name=k)) for k, v in models.items()}
+    res = {k: dict(first=[None] * D, second={}, seconds=0.0) for k in backends}
+    starts = [None] * D
+    teacher = None
     if with_teacher:
         from sepsisagent.baselines import load_or_train_baseline
         from sepsisagent.teacher import WorldModelTeacher
-        backends['teacher'] = WorldModelTeacher(env, load_or_train_baseline(prof, 'clinicians'))
-    lk = last_k if style == 'compact' else None
-    env.reset(options=dict(episodes=eps))
+        teacher = WorldModelTeacher(env, load_or_train_baseline(prof, 'clinicians'))
+        res['teacher'] = dict(first=[None] * D, second={}, seconds=0.0)
+
+    def render(ds):                              # conversation starts; the teacher (which reads the env) answers at once
+        for d in ds: starts[d] = render_conversation_start(patient_info(env.ep, int(env.stay_id[rows[d]])), env_history(env, rows[d]), env.ep.bins, style, lk)
+        if teacher is None: return
+        t0 = time.time()
+        teacher.own.clear()                      # its protocol history: the logged actions, as in the prompt
+        r = res['teacher']
+        for d, rep in zip(ds, ask(teacher, [starts[d] for d in ds], ds, budget1)): r['first'][d] = rep
+        conv = second_convs(ds, r['first'])
+        if conv: r['second'].update(zip(conv, ask(teacher, list(conv.values()), list(conv), max_new_tokens)))
+        r['seconds'] += time.time() - t0
+    walk(render)
+    for name, be in backends.items():            # one batched call per backend for all first replies
+        t0 = time.time()
+        res[name]['first'] = ask(be, starts, range(D), budget1)
+        res[name]['seconds'] += time.time() - t0
+    convs = {name: {} for name in backends}
+    walk(lambda ds: [convs[name].update(second_convs(ds, res[name]['first'])) for name in backends])
+    for name, be in backends.items():            # and one for all second replies
+        if not convs[name]: continue
+        t0 = time.time()
+        res[name]['second'] = dict(zip(convs[name], ask(be, list(convs[name].values()), list(convs[name]), max_new_tokens)))
+        res[name]['seconds'] += time.time() - t0
+
     out = []
-    for t in range(int(dec[:, 1].max()) + 1):
-        rows = [row_of[int(e)] for e, s in dec if s == t]
-        if rows:
-            starts = [render_conversation_start(patient_info(env.ep, int(env.stay_id[r])), env_history(env, r), env.ep.bins, style, lk) for r in rows]
-            ctx = [dict(env_row=int(r), step=t, sample=0) for r in rows]
-            for name, be in backends.items():
-                if hasattr(be, 'own'): be.own.clear()            # the teacher's protocol history: the logged actions
-                t0 = time.time()
-                first = be.chat(starts, TOOLS, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed, context=ctx)
-                v1 = [_verdict(r) for r in first]
-                sims = [j for j, (ok, tool, _) in enumerate(v1) if ok and tool == 'simulation']
-                second = {}
-                if sims:
-                    cands = np.full((env.num_envs, MAX_CANDIDATES, 2), -1, np.int64)
-                    for j in sims: cands[rows[j], :len(v1[j][2])] = v1[j][2]
-                    sim = env.simulate(cands)
-                    convs = [starts[j] + [_agent_call('simulation', dict(actions=[f"[{a},{b}]" for a, b in v1[j][2]]), 'call_0', first[j].text or ''),
-                                          dict(render_simulation_result(v1[j][2], sim['raw'][rows[j], :len(v1[j][2])], style), tool_call_id='call_0')]
-                             for j in sims]
-                    second = dict(zip(sims, be.chat(convs, TOOLS, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed,
-                                                    context=[ctx[j] for j in sims])))
-                secs = (time.time() - t0) / len(rows)
-                for j, r in enumerate(rows):
-                    ok1, tool1, arg1 = v1[j]
-                    ok2, tool2, arg2 = _verdict(second[j]) if j in second else (None, None, None)
-                    action = arg1 if ok1 and tool1 == 'prescription' else (arg2 if ok2 and tool2 == 'prescription' else None)
-                    out.append(dict(backend=name, stay_id=int(env.stay_id[r]), step=t, first_valid=ok1, first_tool=tool1,
-                                    simulation_first=bool(ok1 and tool1 == 'simulation'), second_valid=ok2, second_tool=tool2,
-                                    prescription_after_simulation=bool(ok2 and tool2 == 'prescription') if j in second else None,
-                                    action=None if action is None else list(action), n_replies=1 + (j in second),
-                                    n_valid=int(ok1) + int(bool(ok2)), seconds=secs,
-                                    first_text=first[j].text, second_text=second[j].text if j in second else None))
-        if not env.done.all(): env.step(env.logged_actions())
+    for name, r in res.items():
+        for d in range(D):
+            ok1, tool1, arg1 = _verdict(r['first'][d])
+            rep2 = r['second'].get(d)
+            ok2, tool2, arg2 = _verdict(rep2) if rep2 is not None else (None, None, None)
+            action = arg1 if ok1 and tool1 == 'prescription' else (arg2 if ok2 and tool2 == 'prescription' else None)
+            out.append(dict(backend=name, stay_id=int(env.stay_id[rows[d]]), step=int(steps[d]), first_valid=ok1, first_tool=tool1,
+                            simulation_first=bool(ok1 and tool1 == 'simulation'), second_valid=ok2, second_tool=tool2,
+                            prescription_after_simulation=None if rep2 is None else bool(ok2 and tool2 == 'prescription'),
+                            action=None if action is None else list(action), n_replies=1 + (rep2 is not None),
+                            n_valid=int(ok1) + int(bool(ok2)), seconds=r['seconds'] / D,
+                            first_text=r['first'][d].text, second_text=None if rep2 is None else rep2.text))
     return pd.DataFrame(out)
 
 def bc_summary(df: pd.DataFrame, # `decision_replies`
@@ -241,7 +274,7 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
     t_tr = time.time() - t0
     tmeta = read_meta(tr) or {}
     inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'), backends=module_fingerprint('sepsisagent.backends'),
-                  knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path),
+                  knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path), episodes=episodes_inputs(prof),
                   transcripts=dict(created=tmeta.get('created'), inputs=_digest(tmeta.get('inputs'))), libraries=library_versions())
     def build(tmp):
         t1 = time.time()
