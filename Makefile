@@ -9,6 +9,8 @@ KERNEL  := sepsisagent
 RESULTS := results/$(PROFILE)
 # Every numbered notebook, in order (library notebooks 00-8x, benchmarks 9x).
 NOTEBOOKS := $(sort $(wildcard nbs/[0-9][0-9]_*.ipynb))
+# Notebooks that need what only SynthICU has (a second hospital): skipped when the profile reads MIMIC-IV.
+SYNTHICU_ONLY := nbs/45_ood.ipynb
 
 .PHONY: paper test lib data clean distclean install help
 .DEFAULT_GOAL := help
@@ -39,6 +41,9 @@ paper: $(STAMP) lib
 	@mkdir -p $(RESULTS)/notebooks
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
+	  case " $(SYNTHICU_ONLY) " in *" $$nb "*) \
+	    if ! $(BIN)/python -c "import sys; from sepsisagent.core import get_profile; sys.exit(get_profile('$(PROFILE)').source != 'synthicu')"; then \
+	      echo "   skipped: needs SynthICU's second site; profile $(PROFILE) reads MIMIC-IV"; continue; fi;; esac; \
 	  SEPSISAGENT_PROFILE=$(PROFILE) $(BIN)/papermill --no-progress-bar --log-level WARNING -k $(KERNEL) --cwd nbs \
 	    -p profile $(PROFILE) $$nb $(RESULTS)/notebooks/$$(basename $$nb); \
 	done

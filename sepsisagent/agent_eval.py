@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Profile, get_profile, derive_seed, results_dir, read_meta
+from .core import Profile, get_profile, profile_knobs, derive_seed, results_dir, read_meta
 from .synthicu import FEATURES
 from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften
 from .safety import policy_safety
@@ -25,17 +25,13 @@ __all__ = ['EVAL_KNOBS', 'PAPER_ABLATION', 'eval_knobs', 'eval_episodes', 'logge
 # %% ../nbs/44_agent_eval.ipynb
 EVAL_KNOBS = {
     'quick':   dict(n_episodes=4, n_backbone_episodes=2, n_outcome=48, n_samples=1, eps=0.01, max_new_tokens=96, batch=8),
-    'default': dict(n_episodes=32, n_backbone_episodes=12, n_outcome=400, n_samples=1, eps=0.01, max_new_tokens=128, batch=32),
+    'default': dict(n_episodes=16, n_backbone_episodes=6, n_outcome=200, n_samples=1, eps=0.01, max_new_tokens=128, batch=16),
     'paper':   dict(n_episodes=None, n_backbone_episodes=None, n_outcome=2000, n_samples=4, eps=0.01, max_new_tokens=2048, batch=64),
 }
 
 def eval_knobs(profile: Profile | str | None = None, **overrides) -> dict:
     "The evaluation knobs of `profile` (None episodes = the whole test split); unknown knobs are a TypeError."
-    prof = get_profile(profile)
-    k = dict(EVAL_KNOBS.get(prof.name, EVAL_KNOBS['default']))
-    bad = sorted(set(overrides) - set(k))
-    if bad: raise TypeError(f"unknown evaluation knob(s) {bad}; known: {sorted(k)}")
-    return k | overrides
+    return profile_knobs(EVAL_KNOBS, profile, 'evaluation', **overrides)
 
 def eval_episodes(n_test: int, n: int | None, seed: int) -> np.ndarray:
     "A seeded, sorted subset of `n` of the `n_test` test episodes (all of them when n is None or >= n_test)."

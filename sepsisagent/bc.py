@@ -22,7 +22,8 @@ from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_ch
 
 # %% auto 0
 __all__ = ['teacher_inputs', 'load_or_build_transcripts', 'bc_example', 'transcript_examples', 'prompt_mismatches',
-           'sample_decisions', 'decision_replies', 'bc_summary', 'load_or_train_stage2']
+           'conversation_tokens', 'packed_examples', 'packed_dataset', 'sample_decisions', 'decision_replies',
+           'bc_summary', 'load_or_train_stage2']
 
 # %% ../nbs/31_stage2_bc.ipynb
 def teacher_inputs(prof: Profile) -> dict:
@@ -127,6 +128,76 @@ def prompt_mismatches(trainer, # an `sft.sft_trainer` over `bc_example`s
         if list(row['input_ids'][:n]) != list(want) or tok.decode(row['input_ids'][n:]) != row['completion'][0]['content'] + tok.eos_token + '\n':
             bad.append(i)
     return bad
+
+# %% ../nbs/31_stage2_bc.ipynb
+def _render_chat(tokenizer, msgs, tools, gen):
+    return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
+
+def _ids(tokenizer, text: str) -> list:
+    return tokenizer(text, add_special_tokens=False)['input_ids'] if text else []
+
+def conversation_tokens(tokenizer, # a tokenizer with a chat template
+                        messages: list, # one conversation as the backend saw it: system, user, then replies and results
+                        tools: list = TOOLS, # the tools rendered in the system turn
+                        end_of_turn: str = '<|im_end|>', # the template's end of an assistant turn (not written by the model)
+                       ) -> tuple:
+    "(prompt_ids, completion_ids, env_mask): the conversation as training tokens, 1 in the mask where the model wrote."
+    msgs = api_messages(messages, tools)
+    if len(msgs) < 3 or msgs[2]['role'] != 'assistant':
+        raise ValueError(f"a conversation needs system, user and at least one assistant reply; got roles {[m['role'] for m in msgs]}")
+    full = _render_chat(tokenizer, msgs, tools, False)
+    prompt = _render_chat(tokenizer, msgs[:2], tools, True)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the conversation: packing and GRPO need prefix-stable templates")
+    pieces, pos = [], len(prompt)
+    for j in range(2, len(msgs)):
+        end = len(_render_chat(tokenizer, msgs[:j + 1], tools, False))
+        if msgs[j]['role'] == 'assistant':
+            head = len(_render_chat(tokenizer, msgs[:j], tools, True))      # the open assistant turn: template text, not the model's
+            stop = full.rfind(end_of_turn, head, end)
+            stop = end if stop < 0 else stop
+            pieces += [(full[pos:head], 0), (full[head:stop], 1), (full[stop:end], 0)]
+        else: pieces.append((full[pos:end], 0))
+        pos = end
+    pieces.append((full[pos:], 0))
+    completion, mask = [], []
+    for text, m in pieces:
+        ids = _ids(tokenizer, text)
+        completion += ids; mask += [m] * len(ids)
+    return _ids(tokenizer, prompt), completion, mask
+
+def _runs(mask) -> list:
+    "(start, stop) of each run of ones in a 0/1 list."
+    m = np.r_[0, np.asarray(mask, np.int8), 0]
+    d = np.flatnonzero(np.diff(m))
+    return list(zip(d[::2], d[1::2]))
+
+def packed_examples(examples: list, # `transcript_examples` output (per-turn, in conversation order)
+                    tokenizer, # the checkpoint's tokenizer (with its chat template)
+                    tools: list = TOOLS,
+                   ) -> list:
+    "One pre-tokenized sequence per kept step (`input_ids`, `completion_mask`): its conversation through its last reply, loss on the step's replies."
+    steps = {}
+    for x in examples: steps.setdefault((x['stay_id'], x['step']), []).append(x)
+    out = []
+    for (stay, step), turns in steps.items():
+        last = turns[-1]
+        conv = json.loads(last['agent_messages']) + [dict(role='assistant', content=last['completion'][0]['content'])]
+        p, c, m = conversation_tokens(tokenizer, conv, tools)
+        runs = _runs(m)
+        if len(runs) < len(turns):
+            raise ValueError(f"stay {stay} step {step}: {len(turns)} replies but {len(runs)} model-written spans in the packed sequence")
+        keep = np.zeros(len(m), np.int8)
+        for a, b in runs[len(runs) - len(turns):]: keep[a:b] = 1   # earlier steps' replies (full memory) were trained with their own step
+        out.append(dict(input_ids=p + c, completion_mask=[0] * len(p) + keep.tolist(), stay_id=int(stay), step=int(step), n_replies=len(turns)))
+    return out
+
+def packed_dataset(examples: list, # `packed_examples` output
+                   name: str = 'packed stage-II steps'):
+    "A `datasets.Dataset` TRL trains on as is (already tokenized; labels from `completion_mask`)."
+    from datasets import Dataset
+    if not examples: raise ValueError(f"No {name}: the dataset would be empty")
+    return Dataset.from_list([dict(input_ids=x['input_ids'], completion_mask=x['completion_mask']) for x in examples])
 
 # %% ../nbs/31_stage2_bc.ipynb
 def _verdict(rep: Reply) -> tuple:
@@ -279,7 +350,12 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
     def build(tmp):
         t1 = time.time()
         ex, counts = transcript_examples(read_records(tr), knobs['style'], knobs['memory'])
-        train_sft(base_path, to_dataset(ex, 'stage-II examples (guideline-compliant teacher turns)'), tmp, **train_args(knobs, 2),
+        if knobs['s2_pack']:
+            from transformers import AutoTokenizer
+            ds = packed_dataset(packed_examples(ex, AutoTokenizer.from_pretrained(base_path)))
+        else: ds = to_dataset(ex, 'stage-II examples (guideline-compliant teacher turns)')
+        counts = dict(counts, packed=bool(knobs['s2_pack']), sequences=len(ds))
+        train_sft(base_path, ds, tmp, **train_args(knobs, 2),
                   seed=derive_seed(prof.seed, 'stage2', 'train') % 2**31,
                   log_extra=dict(stage=2, transcripts=counts, transcript_path=str(tr), transcript_seconds=t_tr, data_seconds=time.time() - t1))
     return build_once(stage_dir(prof, 2), build, provenance(prof, **inputs), force=force)

@@ -13,10 +13,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'Profile', 'get_profile', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
-           'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
-           'module_fingerprint', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'file_lock', 'build_once',
-           'progress', 'get_device']
+__all__ = ['PROFILES', 'PROFILE_ENV', 'Profile', 'get_profile', 'profile_knobs', 'source_label', 'project_root', 'data_dir',
+           'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything',
+           'git_commit', 'provenance', 'module_fingerprint', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta',
+           'file_lock', 'build_once', 'progress', 'get_device']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -69,6 +69,27 @@ def get_profile(name: str | Profile | None = None, # profile name, a Profile, or
     prof = PROFILES[name]
     if name == 'paper' and os.environ.get('MIMIC_DIR'): prof = prof.override(mimic_dir=os.environ['MIMIC_DIR'])
     return prof.override(**overrides) if overrides else prof
+
+# %% ../nbs/00_core.ipynb
+def profile_knobs(table: dict, # profile name -> dict of knobs
+                  profile: str | Profile | None, # profile (name); None: $SEPSISAGENT_PROFILE / 'default'
+                  what: str, # what the knobs are for, named in errors ('stage-III', 'evaluation', ...)
+                  fallback: str | None = 'default', # the row for a profile the table lacks (None: that is an error)
+                  **overrides) -> dict:
+    "A copy of `table[profile]` with `overrides` applied; an unknown knob is a TypeError naming it."
+    name = get_profile(profile).name
+    if name not in table and (fallback is None or fallback not in table):
+        raise ValueError(f"No {what} knobs for profile {name!r}; known: {sorted(table)}")
+    knobs = dict(table.get(name, table.get(fallback)))
+    bad = sorted(set(overrides) - set(knobs))
+    if bad: raise TypeError(f"unknown {what} knob(s) {bad}; known: {sorted(knobs)}")
+    return knobs | overrides
+
+# %% ../nbs/00_core.ipynb
+def source_label(profile: str | Profile | None) -> str:
+    "'SynthICU (synthetic)' or 'MIMIC-IV (<source>)': the data a profile's results come from, for captions."
+    prof = get_profile(profile)
+    return 'SynthICU (synthetic)' if prof.source == 'synthicu' else f'MIMIC-IV ({prof.source})'
 
 # %% ../nbs/00_core.ipynb
 def project_root() -> Path:

@@ -12,23 +12,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
+from .core import Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
 from .env import SepsisEnv, make_env
 from .agent import run_agent
 from .backends import TransformersBackend, api_messages
+from .bc import conversation_tokens
 from .prompts import TOOLS
 
 # %% auto 0
-__all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'conversation_tokens', 'rollout_group',
-           'grpo_batch', 'episode_prompt', 'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config',
-           'train_stage3', 'stage2_checkpoint', 'load_or_train_stage3']
+__all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'grpo_batch', 'episode_prompt',
+           'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config', 'train_stage3',
+           'stage2_checkpoint', 'load_or_train_stage3']
 
 # %% ../nbs/32_stage3_rl.ipynb
 RL_KNOBS = {
     'quick':   dict(updates=2, patients_per_update=1, group_size=2, agent_steps=2, learning_rate=2e-5, beta=0.0, epsilon=0.2,
                     invalid_penalty=0.5, fail_reward=-15.0, max_new_tokens=96, temperature=0.7, top_p=0.95, micro_batch=2,
                     lora=False, lora_r=16, lora_alpha=32, style='compact', memory='step', last_k=3, max_invalid=4),
-    'default': dict(updates=16, patients_per_update=1, group_size=4, agent_steps=6, learning_rate=1e-5, beta=0.0, epsilon=0.2,
+    'default': dict(updates=8, patients_per_update=1, group_size=4, agent_steps=4, learning_rate=5e-5, beta=0.0, epsilon=0.2,
                     invalid_penalty=0.5, fail_reward=-15.0, max_new_tokens=128, temperature=0.7, top_p=0.95, micro_batch=4,
                     lora=False, lora_r=16, lora_alpha=32, style='compact', memory='step', last_k=3, max_invalid=4),
     'paper':   dict(updates=300, patients_per_update=4, group_size=8, agent_steps=20, learning_rate=1e-6, beta=0.01, epsilon=0.2,
@@ -38,11 +39,7 @@ RL_KNOBS = {
 
 def rl_knobs(profile: Profile | str | None = None, **overrides) -> dict:
     "The stage-III knobs of `profile` with `overrides`; an unknown knob is a TypeError naming it."
-    prof = get_profile(profile)
-    k = dict(RL_KNOBS.get(prof.name, RL_KNOBS['default']))
-    bad = sorted(set(overrides) - set(k))
-    if bad: raise TypeError(f"unknown stage-III knob(s) {bad}; known: {sorted(k)}")
-    k.update(overrides)
+    k = profile_knobs(RL_KNOBS, profile, 'stage-III', **overrides)
     if k['group_size'] < 2: raise ValueError(f"group_size must be >= 2 (GRPO compares rollouts of one patient), got {k['group_size']}")
     if k['agent_steps'] < 1: raise ValueError(f"agent_steps must be >= 1, got {k['agent_steps']}")
     return k
@@ -59,43 +56,6 @@ def episode_reward(metadata: dict, # a `run_agent` record's metadata
     "The RL reward of one rollout: its world-model return (or `fail_reward`) minus the invalid-reply penalty."
     base = fail_reward if metadata['failure'] is not None or metadata['return'] is None else metadata['return']
     return float(base - invalid_penalty * metadata['n_invalid'])
-
-# %% ../nbs/32_stage3_rl.ipynb
-def _render(tokenizer, msgs, tools, gen):
-    return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
-
-def _ids(tokenizer, text: str) -> list:
-    return tokenizer(text, add_special_tokens=False)['input_ids'] if text else []
-
-def conversation_tokens(tokenizer, # a tokenizer with a chat template
-                        messages: list, # one conversation as the backend saw it: system, user, then replies and results
-                        tools: list = TOOLS, # the tools rendered in the system turn
-                        end_of_turn: str = '<|im_end|>', # the template's end of an assistant turn (not written by the model)
-                       ) -> tuple:
-    "(prompt_ids, completion_ids, env_mask): the conversation as training tokens, 1 in the mask where the model wrote."
-    msgs = api_messages(messages, tools)
-    if len(msgs) < 3 or msgs[2]['role'] != 'assistant':
-        raise ValueError(f"a conversation needs system, user and at least one assistant reply; got roles {[m['role'] for m in msgs]}")
-    full = _render(tokenizer, msgs, tools, False)
-    prompt = _render(tokenizer, msgs[:2], tools, True)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation: GRPO needs prefix-stable templates")
-    pieces, pos = [], len(prompt)
-    for j in range(2, len(msgs)):
-        end = len(_render(tokenizer, msgs[:j + 1], tools, False))
-        if msgs[j]['role'] == 'assistant':
-            head = len(_render(tokenizer, msgs[:j], tools, True))      # the open assistant turn: template text, not the model's
-            stop = full.rfind(end_of_turn, head, end)
-            stop = end if stop < 0 else stop
-            pieces += [(full[pos:head], 0), (full[head:stop], 1), (full[stop:end], 0)]
-        else: pieces.append((full[pos:end], 0))
-        pos = end
-    pieces.append((full[pos:], 0))
-    completion, mask = [], []
-    for text, m in pieces:
-        ids = _ids(tokenizer, text)
-        completion += ids; mask += [m] * len(ids)
-    return _ids(tokenizer, prompt), completion, mask
 
 # %% ../nbs/32_stage3_rl.ipynb
 def rollout_group(env: SepsisEnv, # training-split environment with num_envs >= len(episodes) * group_size

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
+from .core import (Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint,
+                             derive_seed, read_meta)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label, history_sections, treatment_history,
                                  patient_info, simulation_result_text)
 from .baselines import StateBatch, logged_states
@@ -42,18 +43,18 @@ _SHARED = dict(style='compact', last_k=3, memory='step',
 CURRICULUM: dict[str, dict] = {
     'quick': dict(_SHARED,
                   s1_n_forecast=120, s1_n_ihm=48, s1_n_vr=72, s1_epochs=1, s1_lr=3e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
-                  s1_max_minutes=1.0,
-                  s2_episodes=6, s2_rationale='short', s2_epochs=1, s2_lr=3e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=1.0,
+                  s1_max_minutes=None,
+                  s2_episodes=6, s2_rationale='short', s2_pack=True, s2_epochs=1, s2_lr=3e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=None,
                   eval_outcome_n=64, eval_forecast_n=8, eval_bc_n=8, forecast_max_new_tokens=None, bc_max_new_tokens=96),
     'default': dict(_SHARED,
                     s1_n_forecast=1100, s1_n_ihm=350, s1_n_vr=350, s1_epochs=1, s1_lr=2e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
                     s1_max_minutes=5.5,
-                    s2_episodes=40, s2_rationale='short', s2_epochs=1, s2_lr=2e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=6.5,
-                    eval_outcome_n=200, eval_forecast_n=48, eval_bc_n=40, forecast_max_new_tokens=None, bc_max_new_tokens=96),
+                    s2_episodes=40, s2_rationale='short', s2_pack=True, s2_epochs=2, s2_lr=2e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=12,
+                    eval_outcome_n=200, eval_forecast_n=48, eval_bc_n=32, forecast_max_new_tokens=None, bc_max_new_tokens=96),
     'paper': dict(_SHARED, style='paper', memory='step', lora=True, max_length=8192, gradient_checkpointing=True, logging_steps=10,
                   s1_n_forecast=20_000, s1_n_ihm=10_000, s1_n_vr=10_000, s1_epochs=1, s1_lr=1e-4, s1_batch=4, s1_grad_accum=8,
                   s1_max_steps=-1, s1_max_minutes=None,
-                  s2_episodes=4_000, s2_rationale='full', s2_epochs=2, s2_lr=1e-4, s2_batch=4, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=None,
+                  s2_episodes=4_000, s2_rationale='full', s2_pack=True, s2_epochs=2, s2_lr=1e-4, s2_batch=4, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=None,
                   eval_outcome_n=2_000, eval_forecast_n=500, eval_bc_n=500, forecast_max_new_tokens=None, bc_max_new_tokens=1024),
 }
 
@@ -65,12 +66,7 @@ PROMPT_KNOBS = ('style', 'last_k', 'memory')
 def curriculum_knobs(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE / 'default'
                      **overrides) -> dict:
     "Every knob of curriculum stages I and II for `profile`, with `overrides` applied (unknown knob -> TypeError)."
-    prof = get_profile(profile)
-    if prof.name not in CURRICULUM: raise ValueError(f"No curriculum knobs for profile {prof.name!r}; known: {sorted(CURRICULUM)}")
-    knobs = dict(CURRICULUM[prof.name])
-    bad = sorted(set(overrides) - set(knobs))
-    if bad: raise TypeError(f"curriculum_knobs got unknown knob(s) {bad}; known knobs: {sorted(knobs)}")
-    knobs.update(overrides)
+    knobs = profile_knobs(CURRICULUM, profile, 'curriculum', fallback=None, **overrides)
     check_style(knobs['style'])
     if knobs['memory'] not in ('step', 'full'): raise ValueError(f"knob `memory` must be 'step' or 'full', got {knobs['memory']!r}")
     return knobs
@@ -291,7 +287,7 @@ def _bar_only_callback():
     return BarOnly()
 
 def sft_trainer(base_path: str | Path, # save_pretrained directory to start from
-                train_dataset, # datasets.Dataset: conversational prompt-completion (+ optional `tools` JSON column)
+                train_dataset, # datasets.Dataset: conversational prompt-completion (+ optional `tools` JSON column), or `input_ids` + `completion_mask`
                 out_dir: str | Path, # scratch directory of the trainer (nothing is saved there unless you save)
                 *, seed: int = 0, # trainer seed (data order, LoRA init)
                 **knobs, # any of TRAIN_DEFAULTS
@@ -302,8 +298,10 @@ def sft_trainer(base_path: str | Path, # save_pretrained directory to start from
     k = {**TRAIN_DEFAULTS, **knobs}
     if train_dataset is None or len(train_dataset) == 0:
         raise ValueError("`train_dataset` is empty: nothing to fine-tune on (check the example counts of the curriculum knobs)")
-    if not {'prompt', 'completion'} <= set(train_dataset.column_names):
-        raise ValueError(f"`train_dataset` must have `prompt` and `completion` columns, got {train_dataset.column_names}")
+    cols = set(train_dataset.column_names)
+    if not ({'prompt', 'completion'} <= cols or {'input_ids', 'completion_mask'} <= cols):
+        raise ValueError(f"`train_dataset` must have `prompt` and `completion` columns (or be pre-tokenized with `input_ids` and "
+                         f"`completion_mask`), got {train_dataset.column_names}")
     base_path = check_checkpoint(Path(base_path), 'base_path')
     with kept_global_state():                            # the trainer seeds the global RNGs
         return _sft_trainer(base_path, train_dataset, out_dir, seed, k)
