@@ -5,6 +5,7 @@
 # %% ../nbs/31_stage2_bc.ipynb 2
 from __future__ import annotations
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from .core import Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
 from .prompts import TOOLS, check_style, system_prompt_text, render_conversation_start, render_simulation_result, patient_info
-from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records, parse_tool_call, parse_simulation_candidates,
+from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records, parse_tool_call, parse_simulation_candidates, tool_call_text,
                                parse_prescription, env_history, ParseFailure)
 from .backends import api_messages
 from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_checkpoint, train_sft, to_dataset, checkpoint_inputs,
@@ -38,9 +39,10 @@ def load_or_build_transcripts(profile: Profile | str | None, # profile (name)
                               n_episodes: int, # training episodes the teacher treats
                               style: str = 'compact', memory: str = 'step', last_k: int = 3, # the loop's prompt conventions
                               rationale: str = 'short', # the teacher's explanation: 'short' (one line) or 'full' (every candidate's numbers)
+                              teacher: Backend | None = None, # None: the world-model teacher; else any Backend, e.g. `backends.endpoint_from_env()`
                               force: bool = False,
                              ) -> Path:
-    "results/<profile>/rollouts/teacher_train.jsonl: the world-model teacher on `n_episodes` random training episodes (rollout mode)."
+    "results/<profile>/rollouts/teacher[_<backend>]_train.jsonl: the teacher on `n_episodes` random training episodes (rollout mode)."
     from sepsisagent.env import make_env
     from sepsisagent.baselines import load_or_train_baseline
     from sepsisagent.teacher import WorldModelTeacher
@@ -49,14 +51,16 @@ def load_or_build_transcripts(profile: Profile | str | None, # profile (name)
     if n_episodes < 1: raise ValueError(f"`n_episodes` must be >= 1, got {n_episodes}")
     behaviour = load_or_train_baseline(prof, 'clinicians')      # built first, so its provenance is in the key
     inputs = dict(n_episodes=int(n_episodes), style=style, memory=memory, last_k=int(last_k), rationale=rationale, **teacher_inputs(prof))
+    if teacher is not None: inputs['teacher'] = teacher.name           # (its rationale is its own; `rationale` applies to the world-model teacher)
+    name = 'teacher_train.jsonl' if teacher is None else f"teacher_{re.sub(r'[^A-Za-z0-9_.-]+', '_', teacher.name)}_train.jsonl"
     def build(tmp):
         env0 = make_env(prof, 'train', num_envs=1)
         n = min(int(n_episodes), len(env0.data))
         eps = np.sort(np.random.default_rng(derive_seed(prof.seed, 'stage2', 'episodes')).choice(len(env0.data), n, replace=False))
         env = make_env(prof, 'train', num_envs=min(256, n))
-        run_agent(env, WorldModelTeacher(env, behaviour, rationale=rationale), eps.tolist(), mode='rollout', style=style, memory=memory, last_k=last_k,
-                  out_path=tmp)
-    return build_once(results_dir(prof, 'rollouts') / 'teacher_train.jsonl', build, provenance(prof, **inputs), force=force)
+        be = WorldModelTeacher(env, behaviour, rationale=rationale) if teacher is None else teacher
+        run_agent(env, be, eps.tolist(), mode='rollout', style=style, memory=memory, last_k=last_k, out_path=tmp)
+    return build_once(results_dir(prof, 'rollouts') / name, build, provenance(prof, **inputs), force=force)
 
 # %% ../nbs/31_stage2_bc.ipynb
 def _agent_call(name: str, arguments: dict, cid: str, text: str) -> dict:
@@ -96,6 +100,8 @@ def transcript_examples(records: list, # `run_agent` records (e.g. `read_records
                 pending = m.get('content') or ''
             elif role == 'tool_call' and pending is not None:
                 call = json.loads(m['content'])
+                if '<tool_call>' not in pending:                 # an OpenAI-format teacher: the call came apart from the text
+                    pending = (pending.rstrip() + '\n' if pending.strip() else '') + tool_call_text(call['name'], **call['arguments'])
                 cid = f"call_{step}_{len(turns)}"
                 turns.append(bc_example(conv, pending, tools, kind=call['name'], stay_id=int(rec['stay_id']), step=step))
                 conv.append(_agent_call(call['name'], call['arguments'], cid, pending)); pending = None
@@ -335,13 +341,14 @@ def bc_summary(df: pd.DataFrame, # `decision_replies`
 def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
                          base: str | Path | None = None, # None: the stage-1 checkpoint (trained if needed)
                          force: bool = False, # retrain even if a checkpoint from the same inputs exists
+                         teacher: Backend | None = None, # None: the world-model teacher; else the Backend whose transcripts are cloned
                          **overrides) -> Path:
     "The stage-II checkpoint (results/<profile>/models/stage2): stage I fine-tuned on the teacher's compliant turns."
     prof = get_profile(profile)
     knobs = curriculum_knobs(prof, **overrides)
     base_path = Path(load_or_train_stage1(prof, **overrides)) if base is None else check_checkpoint(Path(base).expanduser(), 'base')
     t0 = time.time()
-    tr = load_or_build_transcripts(prof, knobs['s2_episodes'], knobs['style'], knobs['memory'], knobs['last_k'], knobs['s2_rationale'])
+    tr = load_or_build_transcripts(prof, knobs['s2_episodes'], knobs['style'], knobs['memory'], knobs['last_k'], knobs['s2_rationale'], teacher)
     t_tr = time.time() - t0
     tmeta = read_meta(tr) or {}
     inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'), backends=module_fingerprint('sepsisagent.backends'),
