@@ -17,8 +17,9 @@ from .cohort import Cohort, load_or_build_cohort, MAX_STEPS
 
 # %% auto 0
 __all__ = ['MASKS', 'STATICS', 'SOFA_COLUMNS', 'MEAN_FEATURES', 'hours_since', 'step_of', 'interval_steps', 'raw_states',
-           'action_doses', 'ActionBins', 'patient_splits', 'Scalers', 'step_labels', 'Episodes', 'build_episodes',
-           'save_episodes', 'read_episodes', 'load_or_build_episodes', 'table_one', 'plot_actions']
+           'action_doses', 'ActionBins', 'patient_splits', 'Scalers', 'step_labels', 'Episodes', 'measured_parts',
+           'fitted_episodes', 'build_episodes', 'save_episodes', 'read_episodes', 'load_or_build_episodes', 'table_one',
+           'plot_actions']
 
 # %% ../nbs/04_episodes.ipynb
 MASKS = [f'{f}_mask' for f in FEATURES[:-1]]
@@ -195,21 +196,28 @@ class Episodes:
                     actions=fill(['vaso_level', 'fluid_level'], np.int64), rewards=fill(['reward'])[..., 0],
                     lengths=st.n_steps.to_numpy(np.int64), died_90d=st.died_90d.to_numpy(bool), ihm=st.died_in_hospital.to_numpy(bool))
 
-def build_episodes(c: Cohort, seed: int) -> Episodes:
-    "Episodes of the cohort `c`, with every fitted quantity fitted on the training split."
+def measured_parts(c: Cohort) -> tuple:
+    "(raw, doses, ep_doses): the 4-hourly raw states, the doses per step, and the doses on the states' (stay, step) grid."
+    raw, doses = raw_states(c), action_doses(c)
+    return raw, doses, raw[['stay_id', 'step']].merge(doses, how='left')
+
+def fitted_episodes(c: Cohort, # a cohort (of this site or another one)
+                    scalers: Scalers, # fitted on a training split; applied here, never refitted
+                    bins: ActionBins, # likewise: the action levels
+                    splits: dict | None = None, # split name -> stay ids; None: every stay in 'test' (another site)
+                    parts: tuple | None = None, # `measured_parts(c)`, when already made
+                   ) -> Episodes:
+    "The episodes of cohort `c` with the given scalers, bins and splits: nothing is fitted on `c`."
     if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
     stays = c.stays.copy()
     stays['gender'] = (stays.gender == 'F').astype(np.float32)
-    splits = patient_splits(stays, derive_seed(seed, 'splits'))
+    if splits is None: splits = {'train': [], 'val': [], 'test': sorted(stays.stay_id.astype(int).tolist())}
     split_of = {s: name for name, ids in splits.items() for s in ids}
+    unsplit = sorted(set(stays.stay_id) - set(split_of))
+    if unsplit: raise ValueError(f"{len(unsplit)} stay(s) of the cohort are in no split, e.g. {unsplit[:5]}")
     stays['split'] = stays.stay_id.map(split_of)
-    raw = raw_states(c)
-    raw['split'] = raw.stay_id.map(split_of)
-    doses = action_doses(c)
-    ep_doses = raw[['stay_id', 'step']].merge(doses, how='left')
-    train = raw.split == 'train'
-    scalers = Scalers.fit(raw[train], stays[stays.split == 'train'])
-    bins = ActionBins.fit(ep_doses.ned_max[train.to_numpy()].to_numpy(), ep_doses.fluid_ml[train.to_numpy()].to_numpy())
+    raw, doses, ep_doses = measured_parts(c) if parts is None else parts
+    raw = raw.assign(split=raw.stay_id.map(split_of))
     table = pd.concat([raw, scalers.transform(raw)], axis=1)
     for f, m in zip(FEATURES[:-1], MASKS): table[m] = raw[f].notna().astype(np.float32)
     table['ned_max'], table['fluid_ml'] = ep_doses.ned_max.to_numpy(), ep_doses.fluid_ml.to_numpy()
@@ -234,6 +242,16 @@ def build_episodes(c: Cohort, seed: int) -> Episodes:
     keep = ['subject_id', 'hadm_id', 'stay_id', 'intime', 'outtime', 'age', 'gender', 'charlson_comorbidity_index', 'age_z', 'charlson_z',
             'weight', 'died_90d', 'died_in_hospital', 'n_steps', 'sepsis_onset', 'split']
     return Episodes(table=table, stays=stays[keep], scalers=scalers, bins=bins, splits=splits)
+
+def build_episodes(c: Cohort, seed: int) -> Episodes:
+    "Episodes of the cohort `c`, with every fitted quantity fitted on the training split."
+    if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
+    splits = patient_splits(c.stays, derive_seed(seed, 'splits'))
+    parts = raw, doses, ep_doses = measured_parts(c)
+    train = raw.stay_id.isin(splits['train']).to_numpy()
+    scalers = Scalers.fit(raw[train], c.stays[c.stays.stay_id.isin(splits['train'])])
+    bins = ActionBins.fit(ep_doses.ned_max[train].to_numpy(), ep_doses.fluid_ml[train].to_numpy())
+    return fitted_episodes(c, scalers, bins, splits, parts)
 
 # %% ../nbs/04_episodes.ipynb
 def save_episodes(e: Episodes, c: Cohort, out: Path):

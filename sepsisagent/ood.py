@@ -16,62 +16,18 @@ import pandas as pd
 from .core import (Profile, get_profile, profile_knobs, processed_dir, results_dir, build_once, provenance,
                               module_fingerprint, read_meta, derive_seed, source_label)
 from .mimic import MimicSource, build_raw_data
-from .synthicu import FEATURES, observed_sofa_components, raghu_rewards
+from .synthicu import FEATURES
 from .cohort import Cohort, build_cohort, REQUIRED_TABLES, MAX_STEPS
-from .episodes import (Episodes, Scalers, ActionBins, MASKS, raw_states, action_doses, step_labels, save_episodes,
-                                  read_episodes, load_or_build_episodes)
+from .episodes import Episodes, Scalers, fitted_episodes, save_episodes, read_episodes, load_or_build_episodes
 from .safety import prescriber_view, policy_safety
 from .env import SepsisEnv, make_env, run_episodes, clinician_policy
 from .agent_eval import evaluate_agent, eval_episodes, checkpoint_tag
 
 # %% auto 0
-__all__ = ['OOD_KNOBS', 'METRICS', 'fitted_episodes', 'check_site_dir', 'site_b_dir', 'site_cohort',
-           'load_or_build_site_b_episodes', 'site_summary', 'site_comparison', 'out_of_range', 'range_note',
-           'ood_knobs', 'site_episodes', 'clinician_row', 'run_tag', 'agent_row', 'curriculum_checkpoints',
-           'checkpoint_id', 'true_clinician_row', 'policy_table', 'fmt_numbers', 'ood_markdown']
-
-# %% ../nbs/45_ood.ipynb
-def fitted_episodes(c: Cohort, # a cohort (of any site)
-                    scalers: Scalers, # fitted elsewhere (site A's training split); applied, never refitted
-                    bins: ActionBins, # ditto: site A's action levels
-                    splits: dict | None = None, # split name -> stay ids; None: every stay in 'test'
-                   ) -> Episodes:
-    "`build_episodes` of the cohort `c` with given scalers, bins and splits: nothing is fitted on `c`."
-    if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
-    stays = c.stays.copy()
-    stays['gender'] = (stays.gender == 'F').astype(np.float32)
-    if splits is None: splits = {'train': [], 'val': [], 'test': sorted(stays.stay_id.astype(int).tolist())}
-    split_of = {s: name for name, ids in splits.items() for s in ids}
-    unsplit = sorted(set(stays.stay_id) - set(split_of))
-    if unsplit: raise ValueError(f"{len(unsplit)} stay(s) of the cohort are in no split, e.g. {unsplit[:5]}")
-    stays['split'] = stays.stay_id.map(split_of)
-    raw = raw_states(c)
-    raw['split'] = raw.stay_id.map(split_of)
-    doses = action_doses(c)
-    ep_doses = raw[['stay_id', 'step']].merge(doses, how='left')
-    table = pd.concat([raw, scalers.transform(raw)], axis=1)
-    for f, m in zip(FEATURES[:-1], MASKS): table[m] = raw[f].notna().astype(np.float32)
-    table['ned_max'], table['fluid_ml'] = ep_doses.ned_max.to_numpy(), ep_doses.fluid_ml.to_numpy()
-    table['vaso_level'], table['fluid_level'] = bins.levels(table.ned_max.to_numpy(), table.fluid_ml.to_numpy())
-    table = table.merge(step_labels(c, table[['stay_id', 'step']], doses), on=['stay_id', 'step'], how='left')
-    st_idx = pd.Index(stays.stay_id)                       # environment SOFA and rewards, on the padded grid
-    N, K = len(stays), MAX_STEPS
-    r, k = st_idx.get_indexer(table.stay_id), table.step.to_numpy()
-    grid = np.full((N, K, 39), np.nan); grid[r, k] = table[FEATURES].to_numpy(float)
-    vent = np.zeros((N, K), bool); vent[r, k] = table.ventilated.to_numpy(bool)
-    lv = np.zeros((N, K)); lv[r, k] = table.vaso_level.to_numpy()
-    comps = observed_sofa_components(grid, vent, lv)
-    for name, arr in comps.items(): table[name] = arr[r, k]
-    rew = raghu_rewards(comps['sofa_total'], grid[..., FEATURES.index('lactate')], stays.n_steps.to_numpy(), stays.died_90d.to_numpy(bool))
-    table['reward'] = rew[r, k]
-    table['done'] = table.step == table.stay_id.map(stays.set_index('stay_id').n_steps) - 1
-    stays['age_z'] = (stays.age - scalers.mean['age']) / scalers.sd['age']
-    stays['charlson_z'] = (stays.charlson_comorbidity_index - scalers.mean['charlson_comorbidity_index']) / scalers.sd['charlson_comorbidity_index']
-    st_cols = stays.set_index('stay_id')[['subject_id', 'age', 'gender', 'charlson_comorbidity_index', 'age_z', 'charlson_z', 'died_90d', 'died_in_hospital']]
-    table = table.join(st_cols, on='stay_id')
-    keep = ['subject_id', 'hadm_id', 'stay_id', 'intime', 'outtime', 'age', 'gender', 'charlson_comorbidity_index', 'age_z', 'charlson_z',
-            'weight', 'died_90d', 'died_in_hospital', 'n_steps', 'sepsis_onset', 'split']
-    return Episodes(table=table, stays=stays[keep], scalers=scalers, bins=bins, splits=splits)
+__all__ = ['OOD_KNOBS', 'METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'load_or_build_site_b_episodes', 'site_summary',
+           'site_comparison', 'out_of_range', 'range_note', 'ood_knobs', 'site_episodes', 'clinician_row', 'run_tag',
+           'agent_row', 'curriculum_checkpoints', 'checkpoint_id', 'true_clinician_row', 'policy_table', 'fmt_numbers',
+           'ood_markdown']
 
 # %% ../nbs/45_ood.ipynb
 def check_site_dir(path: Path | str, # a folder that should hold hosp/ and icu/
