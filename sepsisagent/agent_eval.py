@@ -4,7 +4,6 @@
 
 # %% ../nbs/44_agent_eval.ipynb 3
 from __future__ import annotations
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Profile, get_profile, profile_knobs, derive_seed, results_dir, read_meta
+from .core import Profile, get_profile, profile_knobs, derive_seed, results_dir, read_meta, digest
 from .synthicu import FEATURES
 from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften
 from .safety import policy_safety
@@ -79,7 +78,7 @@ def subset_ope(test, # `truth.LoggedData` of the whole test split
 def checkpoint_tag(path) -> str:
     "A short id of a checkpoint directory's build (its provenance), for file names."
     meta = read_meta(Path(path)) if path is not None else None
-    return hashlib.sha1(json.dumps(meta or str(path), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return digest(meta or str(path), 8)
 
 def evaluate_agent(name: str, # row id, used in file names
                    backend, # any `agent.Backend`
@@ -117,6 +116,7 @@ PAPER_ABLATION = pd.DataFrame([   # upstream.md section 8 (MIMIC-IV, Qwen3-4B ba
     columns=['Stage', 'DR', 'WIS', 'WPDIS', 'Adherence %', 'Unsafe %', 'IHM AUROC', 'IHM AUPRC', 'VR AUROC', 'VR AUPRC'])
 
 def _fmt(x, d=2): return 'n/a' if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+def _x100(x): return None if x is None else 100 * x
 def _ci(r, k): return 'n/a (all failed)' if not r.get('n_ope') else f"{r[k]:.2f} [{r[k + '_lo']:.2f}, {r[k + '_hi']:.2f}]"
 
 def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -125,10 +125,7 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     for r in results.to_dict('records'):
         out.append({'Stage': r['label'], 'DR': _ci(r, 'dr'), 'WIS': _ci(r, 'wis'), 'WPDIS': _ci(r, 'wpdis'),
                     'WIS ESS': _fmt(r.get('ess') if r.get('n_ope') else None, 1), 'Adherence %': _fmt(r.get('adherence_pct')), 'Unsafe %': _fmt(r.get('underdosing_pct', np.nan) + r.get('overdosing_pct', np.nan)),
-                    'IHM AUROC': _fmt(100 * r['ihm_auroc'] if 'ihm_auroc' in r and r['ihm_auroc'] == r['ihm_auroc'] else None),
-                    'IHM AUPRC': _fmt(100 * r['ihm_auprc'] if 'ihm_auprc' in r and r['ihm_auprc'] == r['ihm_auprc'] else None),
-                    'VR AUROC': _fmt(100 * r['vr_auroc'] if 'vr_auroc' in r and r['vr_auroc'] == r['vr_auroc'] else None),
-                    'VR AUPRC': _fmt(100 * r['vr_auprc'] if 'vr_auprc' in r and r['vr_auprc'] == r['vr_auprc'] else None),
+                    **{f'{t} {m}': _fmt(_x100(r.get(f'{t}_{m}'.lower()))) for t in ('IHM', 'VR') for m in ('AUROC', 'AUPRC')},
                     'Failed (logged / rollout)': f"{r.get('logged_failed', 0)} / {r.get('rollout_failed', 0)}",
                     'WM survival %': _fmt(r.get('wm_survival_pct'), 1), 'WM avg return': _fmt(r.get('wm_avg_return'))})
     return pd.DataFrame(out)

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
+from .core import Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta, digest
 from .prompts import TOOLS, check_style, system_prompt_text, render_conversation_start, render_simulation_result, patient_info
 from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records, parse_tool_call, parse_simulation_candidates, tool_call_text,
                                parse_prescription, env_history, ParseFailure)
 from .backends import api_messages
 from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_checkpoint, train_sft, to_dataset, checkpoint_inputs,
-                             episodes_inputs, library_versions, load_or_train_stage1, _digest)
+                             episodes_inputs, library_versions, load_or_train_stage1, render_chat)
 
 # %% auto 0
 __all__ = ['teacher_inputs', 'load_or_build_transcripts', 'bc_example', 'transcript_examples', 'prompt_mismatches',
@@ -136,9 +136,6 @@ def prompt_mismatches(trainer, # an `sft.sft_trainer` over `bc_example`s
     return bad
 
 # %% ../nbs/31_stage2_bc.ipynb
-def _render_chat(tokenizer, msgs, tools, gen):
-    return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
-
 def _ids(tokenizer, text: str) -> list:
     return tokenizer(text, add_special_tokens=False)['input_ids'] if text else []
 
@@ -151,15 +148,15 @@ def conversation_tokens(tokenizer, # a tokenizer with a chat template
     msgs = api_messages(messages, tools)
     if len(msgs) < 3 or msgs[2]['role'] != 'assistant':
         raise ValueError(f"a conversation needs system, user and at least one assistant reply; got roles {[m['role'] for m in msgs]}")
-    full = _render_chat(tokenizer, msgs, tools, False)
-    prompt = _render_chat(tokenizer, msgs[:2], tools, True)
+    full = render_chat(tokenizer, msgs, tools, False)
+    prompt = render_chat(tokenizer, msgs[:2], tools, True)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the conversation: packing and GRPO need prefix-stable templates")
     pieces, pos = [], len(prompt)
     for j in range(2, len(msgs)):
-        end = len(_render_chat(tokenizer, msgs[:j + 1], tools, False))
+        end = len(render_chat(tokenizer, msgs[:j + 1], tools, False))
         if msgs[j]['role'] == 'assistant':
-            head = len(_render_chat(tokenizer, msgs[:j], tools, True))      # the open assistant turn: template text, not the model's
+            head = len(render_chat(tokenizer, msgs[:j], tools, True))      # the open assistant turn: template text, not the model's
             stop = full.rfind(end_of_turn, head, end)
             stop = end if stop < 0 else stop
             pieces += [(full[pos:head], 0), (full[head:stop], 1), (full[stop:end], 0)]
@@ -353,7 +350,7 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
     tmeta = read_meta(tr) or {}
     inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'), backends=module_fingerprint('sepsisagent.backends'),
                   knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path), episodes=episodes_inputs(prof),
-                  transcripts=dict(created=tmeta.get('created'), inputs=_digest(tmeta.get('inputs'))), libraries=library_versions())
+                  transcripts=dict(created=tmeta.get('created'), inputs=digest(tmeta.get('inputs'))), libraries=library_versions())
     def build(tmp):
         t1 = time.time()
         ex, counts = transcript_examples(read_records(tr), knobs['style'], knobs['memory'])

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 # %% auto 0
 __all__ = ['PROFILES', 'PROFILE_ENV', 'Profile', 'get_profile', 'profile_knobs', 'source_label', 'project_root', 'data_dir',
            'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything',
-           'git_commit', 'provenance', 'module_fingerprint', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta',
-           'file_lock', 'build_once', 'progress', 'get_device']
+           'git_commit', 'provenance', 'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json',
+           'read_meta', 'file_lock', 'build_once', 'progress', 'get_device']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -156,6 +156,13 @@ def module_fingerprint(module: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin: raise ModuleNotFoundError(f"No module {module!r} to fingerprint")
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+
+def digest(obj, # anything JSON can write (other values by their str)
+           length: int = 16, # hex characters kept
+          ) -> str:
+    "A short stable hash of `obj` (key order ignored): cache keys and file-name tags."
+    import hashlib
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 def sidecar_path(path: Path | str) -> Path:
     path = Path(path)

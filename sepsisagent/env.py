@@ -22,8 +22,8 @@ from .worldmodel import (WorldModel, WorldModelConfig, WindowEncoder, StateModel
 
 # %% auto 0
 __all__ = ['SOFA_WINDOW', 'ACTION_TWO_HOT', 'keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'folded_layers',
-           'gru_cell', 'lstm_cell', 'state_heads', 'predict_candidates', 'Transition', 'SepsisEnv', 'make_env',
-           'run_episodes', 'clinician_policy']
+           'gru_cell', 'lstm_cell', 'state_heads', 'predict_candidates', 'ScalerArrays', 'Transition', 'SepsisEnv',
+           'make_env', 'run_episodes', 'clinician_policy']
 
 # %% ../nbs/11_env.ipynb
 def _splitmix_(z: np.ndarray) -> np.ndarray:
@@ -155,6 +155,28 @@ def predict_candidates(sm: StateModel, # a GRU or LSTM state model, in eval mode
 
 # %% ../nbs/11_env.ipynb
 @dataclass
+class ScalerArrays:
+    "The episode scalers as arrays over the 39 features, for preparing states one step at a time."
+    median: np.ndarray; low: np.ndarray; high: np.ndarray; mean: np.ndarray; sd: np.ndarray
+    @classmethod
+    def from_episodes(cls, ep: Episodes) -> 'ScalerArrays':
+        s = ep.scalers
+        return cls(*(np.array([getattr(s, k)[f] for f in FEATURES], np.float64) for k in ('median', 'low', 'high', 'mean', 'sd')))
+    def impute(self, last_seen: np.ndarray) -> np.ndarray:
+        "Median where never measured, then clipped: the `_imputed` columns of the episode table."
+        return np.clip(np.where(np.isnan(last_seen), self.median, last_seen), self.low, self.high)
+    def standardize(self, imputed: np.ndarray) -> np.ndarray:
+        "z-scores of imputed values (urine through log1p): the `_z` columns."
+        x = imputed.copy(); x[..., -1] = np.log1p(x[..., -1])
+        return (x - self.mean) / self.sd
+    def destandardize(self, z: np.ndarray) -> np.ndarray:
+        "Standardized [..., 39] -> clinical units (urine back through expm1): `worldmodel.destandardize` with the arrays made once."
+        x = np.asarray(z, dtype=np.float64) * self.sd + self.mean
+        x[..., URINE] = np.maximum(np.expm1(x[..., URINE]), 0.0)   # float rounding at 0 mL must not show as negative urine
+        return x
+
+# %% ../nbs/11_env.ipynb
+@dataclass
 class Transition:
     "Next states of a batch of (episode, action) pairs, standardized and raw."
     z: np.ndarray            # [B, 39] standardized (clipped, unmeasured carried forward)
@@ -187,7 +209,7 @@ class SepsisEnv(VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.z_low, self.z_high = wm.z_low.numpy(), wm.z_high.numpy()
-        self.z_mean = np.array([ep.scalers.mean[f] for f in FEATURES]); self.z_sd = np.array([ep.scalers.sd[f] for f in FEATURES])
+        self.scalers = ScalerArrays.from_episodes(ep)
         self._layers = folded_layers(wm.state) if wm.cfg.backbone in ('gru', 'lstm') else None
         self.idx = None
 
@@ -206,7 +228,7 @@ class SepsisEnv(VectorEnv):
         self.static = d.static[idx].numpy()
         self.actions = np.zeros((N, d.obs.shape[1], 2), np.int64)
         self.vent = d.vent[idx].numpy().copy()
-        self.raw = self._destandardize(self.obs)
+        self.raw = self.scalers.destandardize(self.obs)
         self.t = np.zeros(N, np.int64)
         self.diverged = np.zeros(N, bool); self.divergence_step = np.full(N, -1)
         self.done = np.zeros(N, bool); self.died = np.full(N, np.nan); self.death_prob = np.full(N, np.nan)
@@ -231,11 +253,6 @@ class SepsisEnv(VectorEnv):
         "SOFA total of the (replayed or applied) state at step t of episodes `rows`."
         return state_sofa(self.raw[rows, t], self._urine(rows, t), t, self.vent[rows, t] > 0.5, self._running_vaso(rows, t))['sofa_total']
 
-    def _destandardize(self, z: np.ndarray) -> np.ndarray:
-        "`worldmodel.destandardize` with the scaler arrays made once: standardized [..., 39] -> clinical units."
-        x = np.asarray(z, dtype=np.float64) * self.z_sd + self.z_mean
-        x[..., URINE] = np.maximum(np.expm1(x[..., URINE]), 0.0)   # float rounding at 0 mL must not show as negative urine
-        return x
 
     def _info(self, new_simulated: np.ndarray) -> dict:
         i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
@@ -293,7 +310,7 @@ class SepsisEnv(VectorEnv):
         z = ndtri(u[:, :N_OBS]); z *= sigma; z += mu                    # mu + sigma * eps (float64)
         z = np.clip(z, self.z_low, self.z_high, out=z).astype(np.float32)
         np.copyto(z, self.obs[rows, t], where=measured_weights(torch.from_numpy(masks)).numpy() == 0)   # unmeasured: carried forward
-        return Transition(z=z, raw=self._destandardize(z), masks=masks, vent_prob=p['vent_prob'], mu=mu)
+        return Transition(z=z, raw=self.scalers.destandardize(z), masks=masks, vent_prob=p['vent_prob'], mu=mu)
 
     def simulate(self, candidates) -> dict:
         "Predicted next state of K candidate actions per episode [N, K, 2] (-1 = no candidate), without advancing."

@@ -4,7 +4,6 @@
 
 # %% ../nbs/45_ood.ipynb 2
 from __future__ import annotations
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (Profile, get_profile, profile_knobs, processed_dir, results_dir, build_once, provenance,
-                              module_fingerprint, read_meta, derive_seed, source_label)
+                              module_fingerprint, read_meta, derive_seed, source_label, digest)
 from .mimic import MimicSource, build_raw_data
 from .synthicu import FEATURES
 from .cohort import Cohort, build_cohort, REQUIRED_TABLES, MAX_STEPS
@@ -163,7 +162,7 @@ def clinician_row(env: SepsisEnv, # a site's test-split environment
 
 def run_tag(*parts) -> str:
     "A short hash of everything that decides a run's records, for file names."
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return digest(parts, 10)
 
 def agent_row(name: str, # row id (file names)
               backend, # an `agent.Backend`

@@ -15,14 +15,15 @@ import torch
 from .core import Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
 from .env import SepsisEnv, make_env
 from .agent import run_agent
-from .backends import TransformersBackend, api_messages
-from .bc import conversation_tokens
+from .backends import TransformersBackend
+from .sft import check_checkpoint, checkpoint_inputs
+from .bc import conversation_tokens, load_or_train_stage2
 from .prompts import TOOLS
 
 # %% auto 0
 __all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'grpo_batch', 'episode_prompt',
            'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config', 'train_stage3',
-           'stage2_checkpoint', 'load_or_train_stage3']
+           'load_or_train_stage3']
 
 # %% ../nbs/32_stage3_rl.ipynb
 RL_KNOBS = {
@@ -113,7 +114,7 @@ def make_rollout_func(env: SepsisEnv, tokenizer, knobs: dict, seed: int, log: li
             if was_training: model.train()
         out = grpo_batch(recs, tokenizer, knobs)
         mds = [r['metadata'] for r in recs]
-        rew = [episode_reward(m, knobs['invalid_penalty'], knobs['fail_reward']) for m in mds]
+        rew = out['episode_reward'][::sequences_per_rollout(knobs)]          # one per rollout (its sequences share it)
         log.append(dict(update=int(trainer.state.global_step), episodes=[int(e) for e in eps], rollout_seconds=time.time() - t0,
                         reward_mean=float(np.mean(rew)), reward_std=float(np.std(rew)), rewards=rew,
                         failed_pct=100 * float(np.mean([m['failure'] is not None for m in mds])),
@@ -151,11 +152,9 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
     from sepsisagent.backends import resolve_device
     prof = get_profile(profile)
     knobs = knobs or rl_knobs(prof)
-    base, out_dir = Path(base), Path(out_dir)
-    if not (base / 'config.json').is_file(): raise FileNotFoundError(f"no checkpoint at {base} (no config.json): train stage 2 first")
+    base, out_dir = check_checkpoint(Path(base), 'stage-III base'), Path(out_dir)
     device = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(base)
-    if not getattr(tok, 'chat_template', None): raise ValueError(f"{base}: tokenizer has no chat template")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32).to(device)
     peft_config = None
     if knobs['lora']:
@@ -184,20 +183,15 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
     (out_dir / 'training_log.json').write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
-def stage2_checkpoint(profile: Profile | str | None = None) -> Path:
-    "The profile's stage-2 checkpoint (trained if needed)."
-    from sepsisagent.bc import load_or_train_stage2
-    return Path(load_or_train_stage2(profile))
-
 def load_or_train_stage3(profile: Profile | str | None = None,
                          base: str | Path | None = None, # None: the stage-2 checkpoint
                          force: bool = False, **overrides) -> Path:
     "The profile's stage-3 checkpoint (results/<profile>/models/stage3), trained by `train_stage3` when missing or stale."
     prof = get_profile(profile)
     knobs = rl_knobs(prof, **overrides)
-    base = Path(base) if base is not None else stage2_checkpoint(prof)
+    base = Path(base) if base is not None else Path(load_or_train_stage2(prof))
     wm = read_meta(results_dir(prof, 'models') / f'wm_{prof.wm_backbone}.pt') or {}
     inputs = dict(code=module_fingerprint('sepsisagent.rl'), agent=module_fingerprint('sepsisagent.agent'), knobs=knobs,
-                  base=str(base), base_meta=(read_meta(base) or {}).get('inputs'), world_model=wm.get('created'))
+                  base=checkpoint_inputs(base), world_model=wm.get('created'))
     return build_once(results_dir(prof, 'models') / 'stage3', lambda tmp: train_stage3(base, tmp, prof, knobs),
                       provenance(prof, **inputs), force=force)

@@ -5,7 +5,6 @@
 # %% ../nbs/30_stage1_sft.ipynb 2
 from __future__ import annotations
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -20,9 +19,9 @@ import pandas as pd
 import torch
 
 from .core import (Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint,
-                             derive_seed, read_meta)
+                             derive_seed, read_meta, digest)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label, history_sections, treatment_history,
-                                 patient_info, simulation_result_text)
+                                 patient_info, simulation_result_text, _patient)
 from .baselines import StateBatch, logged_states
 from .synthicu import FEATURES
 
@@ -31,9 +30,9 @@ __all__ = ['CURRICULUM', 'TRAIN_STAGE_ARGS', 'TRAIN_SHARED_ARGS', 'PROMPT_KNOBS'
            'TRAIN_DEFAULTS', 'curriculum_knobs', 'stage_knobs', 'train_args', 'stage_dir', 'check_checkpoint',
            'base_model_path', 'state_text', 'task_question', 'task_prompt', 'forecast_answer', 'parse_forecast',
            'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset', 'kept_global_state', 'sft_trainer',
-           'prompt_lengths', 'probe_loss', 'train_sft', 'answer_token_ids', 'yes_probability', 'generate_greedy',
-           'outcome_prompts', 'outcome_metrics', 'forecast_mae', 'checkpoint_inputs', 'episodes_inputs',
-           'library_versions', 'load_or_train_stage1']
+           'prompt_lengths', 'probe_loss', 'train_sft', 'render_chat', 'answer_token_ids', 'yes_probability',
+           'generate_greedy', 'outcome_prompts', 'outcome_metrics', 'forecast_mae', 'checkpoint_inputs',
+           'episodes_inputs', 'library_versions', 'load_or_train_stage1']
 
 # %% ../nbs/30_stage1_sft.ipynb
 _SHARED = dict(style='compact', last_k=3, memory='step',
@@ -134,12 +133,8 @@ def state_text(ep, # Episodes
                last_k: int | None = 3, # steps of history shown (compact)
               ) -> str:
     "Patient information and history of one decision, as in the agent's first prompt."
-    info = patient_info(ep, int(history['stay_id']))
     t, lk = int(history['step']), _lk(style, last_k)
-    sex = {'F': 'Female', 'M': 'Male'}[info.gender]
-    who = (f"## Patient Information\nAge {info.age:.0f}, {sex}, Charlson {info.charlson}" if style == 'compact' else
-           f"## Patient Information\n- Age: {info.age:.0f} years\n- Gender: {sex}\n- Charlson Comorbidity Index: {info.charlson}")
-    parts = [who, history_sections(np.asarray(history['raw'], float), np.asarray(history['masks']), t, style, lk)]
+    parts = [_patient(patient_info(ep, int(history['stay_id'])), style), history_sections(np.asarray(history['raw'], float), np.asarray(history['masks']), t, style, lk)]
     if t: parts.append(treatment_history(np.asarray(history['actions'], int), style, lk).rstrip())
     return "\n\n".join(parts)
 
@@ -412,9 +407,14 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
     return log
 
 # %% ../nbs/30_stage1_sft.ipynb
-def _render(tokenizer, prompts: list, tools: list | None = None) -> list[str]:
+def render_chat(tokenizer, # with a chat template
+                messages: list, # one conversation
+                tools: list | None = None, # tool schemas rendered in the system turn
+                generation_prompt: bool = True, # end with an open assistant turn
+               ) -> str:
+    "`messages` through the tokenizer's chat template, as text."
     if not getattr(tokenizer, 'chat_template', None): raise ValueError(f"{type(tokenizer).__name__} has no chat template")
-    return [tokenizer.apply_chat_template(p, tools=tools, add_generation_prompt=True, tokenize=False) for p in prompts]
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 def answer_token_ids(tokenizer) -> tuple:
     "(id of the first token of 'yes', of 'no'); they must differ."
@@ -430,7 +430,7 @@ def yes_probability(tokenizer, # with a chat template
                    ) -> np.ndarray:
     "[N] P(yes) = softmax over the first answer token of 'yes' vs 'no' (one forward pass, batched, left-padded)."
     y, n = answer_token_ids(tokenizer)
-    texts = _render(tokenizer, prompts)
+    texts = [render_chat(tokenizer, p) for p in prompts]
     order = np.argsort([len(t) for t in texts], kind='stable')
     out = np.zeros(len(texts))
     dev = next(model.parameters()).device
@@ -443,22 +443,15 @@ def yes_probability(tokenizer, # with a chat template
         out[idx] = torch.softmax(logits[:, [y, n]].float(), -1)[:, 0].cpu().numpy()
     return out
 
-@torch.inference_mode()
 def generate_greedy(tokenizer, model, prompts: list, # conversations ending before the answer
                     max_new_tokens: int = 128, batch_size: int = 16, tools: list | None = None) -> list[str]:
-    "Greedy answers (special tokens dropped), batched with left padding."
-    texts = _render(tokenizer, prompts, tools)
-    order = np.argsort([len(t) for t in texts], kind='stable')
-    out = [None] * len(texts)
-    dev = next(model.parameters()).device
-    for b in range(0, len(texts), batch_size):
-        idx = order[b:b + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(dev)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id)
-        for i, row in zip(idx, gen[:, enc['input_ids'].shape[1]:].cpu()):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return out
+    "Greedy answers (special tokens dropped): `TransformersBackend.from_model` at temperature 0; a failed generation raises."
+    from sepsisagent.backends import TransformersBackend
+    be = TransformersBackend.from_model(model, tokenizer, batch_size=batch_size, stop=(), name='greedy')
+    replies = be.chat(prompts, tools, max_new_tokens=max_new_tokens, temperature=0.0)
+    bad = [(i, r.error) for i, r in enumerate(replies) if r.error]
+    if bad: raise RuntimeError(f"generation failed for {len(bad)} prompt(s), e.g. prompt {bad[0][0]}: {bad[0][1]}")
+    return [r.text for r in replies]
 
 # %% ../nbs/30_stage1_sft.ipynb
 def outcome_prompts(ep, # Episodes
@@ -538,20 +531,17 @@ def forecast_mae(path: str | Path, # checkpoint directory
     return df
 
 # %% ../nbs/30_stage1_sft.ipynb
-def _digest(x) -> str:
-    return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
 def checkpoint_inputs(path: str | Path) -> dict:
     "What identifies a checkpoint for a cache key: its provenance (built here) or its files' sizes and times (downloaded)."
     p = Path(path)
     meta = read_meta(p)
-    if meta is not None: return dict(path=str(p), created=meta.get('created'), inputs=_digest(meta.get('inputs')))
-    return dict(path=str(p), files=_digest({f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(p.iterdir()) if f.is_file()}))
+    if meta is not None: return dict(path=str(p), created=meta.get('created'), inputs=digest(meta.get('inputs')))
+    return dict(path=str(p), files=digest({f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(p.iterdir()) if f.is_file()}))
 
 def episodes_inputs(prof: Profile) -> dict:
     "The episodes' provenance, for cache keys."
     meta = json.loads((processed_dir(prof) / 'episodes.meta.json').read_text())
-    return dict(created=meta['created'], inputs=_digest(meta['inputs']))
+    return dict(created=meta['created'], inputs=digest(meta['inputs']))
 
 def library_versions() -> dict:
     import transformers, trl, peft, datasets

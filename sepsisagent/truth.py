@@ -18,31 +18,15 @@ from .ope import GAMMA, evaluate_policy, fit_fqe
 from .safety import policy_safety
 from .baselines import (StateBatch, Policy, logged_states, logged_actions, action_index, transitions,
                                    load_or_train_baseline, BASELINES, BASELINE_LABELS, N_LEVELS)
-from .env import SepsisEnv, make_env, run_episodes
+from .env import SepsisEnv, ScalerArrays, make_env, run_episodes
 from .agent import env_state_batch
 
 # %% auto 0
-__all__ = ['OPE_ESTIMATORS', 'PAPER_MAIN', 'ScalerArrays', 'episode_statics', 'HospitalPolicy', 'episode_doses', 'TruthResult',
-           'rollout_rewards', 'true_values', 'to_grid', 'LoggedData', 'fqe_for_policy', 'ope_policy',
-           'world_model_value', 'estimator_errors', 'main_table']
+__all__ = ['OPE_ESTIMATORS', 'PAPER_MAIN', 'episode_statics', 'HospitalPolicy', 'episode_doses', 'TruthResult', 'rollout_rewards',
+           'true_values', 'to_grid', 'LoggedData', 'fqe_for_policy', 'ope_policy', 'world_model_value',
+           'estimator_errors', 'main_table']
 
 # %% ../nbs/43_truth.ipynb
-@dataclass
-class ScalerArrays:
-    "The episode scalers as arrays over the 39 features, for preparing states one step at a time."
-    median: np.ndarray; low: np.ndarray; high: np.ndarray; mean: np.ndarray; sd: np.ndarray
-    @classmethod
-    def from_episodes(cls, ep: Episodes) -> 'ScalerArrays':
-        s = ep.scalers
-        return cls(*(np.array([getattr(s, k)[f] for f in FEATURES], np.float64) for k in ('median', 'low', 'high', 'mean', 'sd')))
-    def impute(self, last_seen: np.ndarray) -> np.ndarray:
-        "Median where never measured, then clipped: the `_imputed` columns of the episode table."
-        return np.clip(np.where(np.isnan(last_seen), self.median, last_seen), self.low, self.high)
-    def standardize(self, imputed: np.ndarray) -> np.ndarray:
-        "z-scores of imputed values (urine through log1p): the `_z` columns."
-        x = imputed.copy(); x[..., -1] = np.log1p(x[..., -1])
-        return (x - self.mean) / self.sd
-
 def episode_statics(ep: Episodes, stay_ids) -> np.ndarray:
     "[N, 3] age (z), gender (1 = F), Charlson (z) of `stay_ids`, as in the episode tensors."
     st = ep.stays.set_index('stay_id')
