@@ -13,10 +13,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'Profile', 'get_profile', 'profile_knobs', 'source_label', 'project_root', 'data_dir',
-           'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything',
-           'git_commit', 'provenance', 'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json',
-           'read_meta', 'file_lock', 'build_once', 'progress', 'get_device']
+__all__ = ['PROFILES', 'PROFILE_ENV', 'BASE_MODEL_ENV', 'Profile', 'get_profile', 'profile_knobs', 'source_label', 'project_root',
+           'data_dir', 'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed',
+           'seed_everything', 'git_commit', 'provenance', 'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path',
+           'write_json', 'read_meta', 'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Profile:
     dqn_updates: int = 6_000           # DDQN / WD3QNE: gradient updates (batches of 128 transitions)
     ope_boot: int = 2_000              # patient-level bootstrap resamples for 95 % intervals
     value_replicas: int = 8            # SynthICU rollouts per test patient for a policy's true value (common random numbers)
+    base_model: str | None = None      # the language model the curriculum starts from: None = SepsisAgent-tiny (built here); else a
+                                       # save_pretrained directory or a hub id (paper: Qwen/Qwen3-4B-Instruct-2507)
 
     def override(self, **kw) -> 'Profile':
         "A copy with some knobs changed; unknown knobs are an error, not a silent no-op."
@@ -53,11 +55,12 @@ PROFILES: dict[str, Profile] = {
                        wm_minutes=0.5, truth_replicas=3, aic_clusters=40, dqn_updates=300, ope_boot=200, value_replicas=2),
     'default': Profile('default'),
     'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda', wm_epochs=60,
-                       wm_minutes=30),
+                       wm_minutes=30, base_model='Qwen/Qwen3-4B-Instruct-2507'),
 }
 
 # %% ../nbs/00_core.ipynb
 PROFILE_ENV = 'SEPSISAGENT_PROFILE'
+BASE_MODEL_ENV = 'SEPSISAGENT_BASE_MODEL'   # the paper profile's base model: a local directory (or hub id) of Qwen3-4B-Instruct
 
 def get_profile(name: str | Profile | None = None, # profile name, a Profile, or None for $SEPSISAGENT_PROFILE / 'default'
                 **overrides) -> Profile:
@@ -68,6 +71,7 @@ def get_profile(name: str | Profile | None = None, # profile name, a Profile, or
         raise ValueError(f"Unknown profile {name!r} (argument `profile` or ${PROFILE_ENV}); choose one of {sorted(PROFILES)}")
     prof = PROFILES[name]
     if name == 'paper' and os.environ.get('MIMIC_DIR'): prof = prof.override(mimic_dir=os.environ['MIMIC_DIR'])
+    if name == 'paper' and os.environ.get(BASE_MODEL_ENV): prof = prof.override(base_model=os.environ[BASE_MODEL_ENV])
     return prof.override(**overrides) if overrides else prof
 
 # %% ../nbs/00_core.ipynb
@@ -205,16 +209,38 @@ def file_lock(path: Path | str):
         try: yield
         finally: fcntl.flock(fh, fcntl.LOCK_UN)
 
+def launch_rank() -> tuple[int, int]:
+    "(rank, world size) of this process under `torchrun` / `accelerate launch`; (0, 1) for a plain process."
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+
+def launch_id() -> str:
+    "An id shared by the processes of one distributed launch."
+    return os.environ.get('TORCHELASTIC_RUN_ID') or f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
 def build_once(path: Path | str, # the artifact (file or directory)
                build: Callable[[Path], Any], # writes the artifact at the temporary path it is given
                meta: dict, # provenance; the artifact is rebuilt when its `inputs` differ
-               force: bool = False) -> Path:
+               force: bool = False,
+               wait_minutes: float = 180, # distributed launch: how long the other ranks wait for rank 0's artifact
+              ) -> Path:
     "Build `path` with `build(tmp_path)` unless an artifact made from the same inputs is already there."
     path = Path(path)
+    want = json.loads(json.dumps(meta.get('inputs'), default=str))
+    fresh = lambda: path.exists() and (read_meta(path) or {}).get('inputs') == want
+    rank, world = launch_rank()
+    if world > 1: meta = meta | dict(launch=dict(id=launch_id(), world_size=world))
+    if rank > 0:                       # every rank trains (collectives need them all); only rank 0 writes the artifact
+        if fresh() and not force: return path
+        scratch = Path(tempfile.mkdtemp(prefix=f'rank{rank}-'))
+        try: build(scratch / path.name)
+        finally: shutil.rmtree(scratch, ignore_errors=True)
+        deadline = time.time() + 60 * wait_minutes
+        while not (fresh() and (read_meta(path) or {}).get('launch', {}).get('id') == launch_id()):
+            if time.time() > deadline: raise TimeoutError(f"rank {rank}: rank 0 did not write {path} within {wait_minutes} min")
+            time.sleep(0.5)
+        return path
     with file_lock(path):
-        old = read_meta(path)
-        if not force and path.exists() and old is not None and old.get('inputs') == json.loads(json.dumps(meta.get('inputs'), default=str)):
-            return path
+        if not force and fresh(): return path
         with atomic_path(path, meta=meta) as tmp: build(tmp)
     return path
 

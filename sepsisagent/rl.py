@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta
+from .core import (Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta,
+                              launch_rank)
 from .env import SepsisEnv, make_env
 from .agent import run_agent
 from .backends import TransformersBackend
@@ -21,9 +22,9 @@ from .bc import conversation_tokens, load_or_train_stage2
 from .prompts import TOOLS
 
 # %% auto 0
-__all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'grpo_batch', 'episode_prompt',
-           'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config', 'train_stage3',
-           'load_or_train_stage3']
+__all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'rollouts', 'grpo_batch',
+           'episode_prompt', 'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config',
+           'train_stage3', 'load_or_train_stage3']
 
 # %% ../nbs/32_stage3_rl.ipynb
 RL_KNOBS = {
@@ -66,8 +67,11 @@ def rollout_group(env: SepsisEnv, # training-split environment with num_envs >= 
                   seed: int = 0, # sampling seed of this update
                  ) -> list:
     "`group_size` rollouts of each patient in the world model; records with the conversations, patient-major."
-    eps = np.repeat(np.asarray(episodes, np.int64), knobs['group_size'])
-    return run_agent(env, backend, eps, mode='rollout', style=knobs['style'], memory=knobs['memory'], last_k=knobs['last_k'],
+    return rollouts(env, backend, np.repeat(np.asarray(episodes, np.int64), knobs['group_size']), knobs, seed)
+
+def rollouts(env: SepsisEnv, backend, episodes, knobs: dict, seed: int = 0) -> list:
+    "One rollout per entry of `episodes` (repeats are separate rollouts), in order, with the conversations."
+    return run_agent(env, backend, np.asarray(episodes, np.int64), mode='rollout', style=knobs['style'], memory=knobs['memory'], last_k=knobs['last_k'],
                      max_steps=knobs['agent_steps'], max_invalid=knobs['max_invalid'], max_new_tokens=knobs['max_new_tokens'],
                      temperature=knobs['temperature'], top_p=knobs['top_p'], seed=seed, keep_conversations=True, repeats=True)
 
@@ -101,15 +105,21 @@ def episode_reward_func(prompts, completions, episode_reward, **kwargs) -> list:
 
 def make_rollout_func(env: SepsisEnv, tokenizer, knobs: dict, seed: int, log: list):
     "The `rollout_func` of `GRPOTrainer` over our batched loop; appends one summary per update to `log`."
-    per = knobs['group_size'] * sequences_per_rollout(knobs)
+    S = sequences_per_rollout(knobs)
     def rollout_func(prompts: list, trainer) -> dict:
-        eps = [prompt_episode(p) for p in prompts[::per]]
+        # TRL hands each process a slice of the update's prompts (each repeated group_size x S times); one rollout per S of them
+        runs = [prompt_episode(p) for p in prompts[::S]]
+        if len(prompts) % S or [prompt_episode(p) for p in prompts] != list(np.repeat(runs, S)):
+            raise ValueError(f"each process must get whole rollouts ({S} sequences each): make micro_batch a multiple of {S}")
+        rank = trainer.accelerator.process_index
+        key = (trainer.state.global_step,) if rank == 0 else (trainer.state.global_step, 'rank', rank)   # ranks sample apart
+        eps = list(dict.fromkeys(runs))
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training, t0 = model.training, time.time()
         model.eval()
         try:
-            backend = TransformersBackend.from_model(model, tokenizer, batch_size=len(eps) * knobs['group_size'], name='stage3-live')
-            recs = rollout_group(env, backend, eps, knobs, seed=derive_seed(seed, 'rollout', trainer.state.global_step))
+            backend = TransformersBackend.from_model(model, tokenizer, batch_size=len(runs), name='stage3-live')
+            recs = rollouts(env, backend, runs, knobs, seed=derive_seed(seed, 'rollout', *key))
         finally:
             if was_training: model.train()
         out = grpo_batch(recs, tokenizer, knobs)
@@ -129,10 +139,11 @@ def grpo_config(out_dir: Path, knobs: dict, seed: int, device: str):
     "The `GRPOConfig`: one optimizer step per update over all its sequences, on-policy, logging every update."
     from trl import GRPOConfig
     per_update = knobs['patients_per_update'] * knobs['group_size'] * sequences_per_rollout(knobs)
-    if per_update % knobs['micro_batch']:
-        raise ValueError(f"micro_batch ({knobs['micro_batch']}) must divide the sequences per update ({per_update})")
+    world = launch_rank()[1]
+    if per_update % (knobs['micro_batch'] * world):
+        raise ValueError(f"micro_batch ({knobs['micro_batch']}) x processes ({world}) must divide the sequences per update ({per_update})")
     return GRPOConfig(output_dir=str(out_dir), per_device_train_batch_size=knobs['micro_batch'],
-                      gradient_accumulation_steps=per_update // knobs['micro_batch'],
+                      gradient_accumulation_steps=per_update // (knobs['micro_batch'] * world),
                       num_generations=knobs['group_size'] * sequences_per_rollout(knobs), max_steps=knobs['updates'],
                       learning_rate=knobs['learning_rate'], beta=knobs['beta'], epsilon=knobs['epsilon'], num_iterations=1,
                       temperature=knobs['temperature'], top_p=knobs['top_p'], max_completion_length=knobs['max_new_tokens'],
@@ -173,13 +184,15 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
     trainer.train()
     seconds = time.time() - t0
     final = trainer.model
+    summary = dict(base=str(base), knobs=knobs, seconds=seconds, updates=knobs['updates'], rollouts=log,
+                   trl_log=trainer.state.log_history, device=device, processes=launch_rank()[1])
+    if not trainer.accelerator.is_main_process: return summary        # under a distributed launch only rank 0 writes
     if knobs['lora']:
         final.save_pretrained(out_dir / 'adapter')
         final = final.merge_and_unload()
     final.save_pretrained(out_dir); tok.save_pretrained(out_dir)
+    (out_dir / 'trl').mkdir(parents=True, exist_ok=True)
     trainer.state.save_to_json(str(out_dir / 'trl' / 'trainer_state.json'))
-    summary = dict(base=str(base), knobs=knobs, seconds=seconds, updates=knobs['updates'], rollouts=log,
-                   trl_log=trainer.state.log_history, device=device)
     (out_dir / 'training_log.json').write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint,
+from .core import (Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
                              derive_seed, read_meta, digest)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label, history_sections, treatment_history,
                                  patient_info, simulation_result_text, _patient)
@@ -28,11 +28,12 @@ from .synthicu import FEATURES
 # %% auto 0
 __all__ = ['CURRICULUM', 'TRAIN_STAGE_ARGS', 'TRAIN_SHARED_ARGS', 'PROMPT_KNOBS', 'FORECAST_FEATURES', 'TASKS', 'QUESTIONS',
            'TRAIN_DEFAULTS', 'curriculum_knobs', 'stage_knobs', 'train_args', 'stage_dir', 'check_checkpoint',
-           'base_model_path', 'state_text', 'task_question', 'task_prompt', 'forecast_answer', 'parse_forecast',
-           'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset', 'kept_global_state', 'sft_trainer',
-           'prompt_lengths', 'probe_loss', 'train_sft', 'render_chat', 'answer_token_ids', 'yes_probability',
-           'generate_greedy', 'outcome_prompts', 'outcome_metrics', 'forecast_mae', 'checkpoint_inputs',
-           'episodes_inputs', 'library_versions', 'load_or_train_stage1']
+           'hub_snapshot', 'base_model_path', 'state_text', 'task_question', 'task_prompt', 'forecast_answer',
+           'parse_forecast', 'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset',
+           'kept_global_state', 'distributed_knobs', 'sft_trainer', 'prompt_lengths', 'probe_loss', 'train_sft',
+           'render_chat', 'answer_token_ids', 'yes_probability', 'generate_greedy', 'outcome_prompts',
+           'outcome_metrics', 'forecast_mae', 'checkpoint_inputs', 'episodes_inputs', 'library_versions',
+           'load_or_train_stage1']
 
 # %% ../nbs/30_stage1_sft.ipynb
 _SHARED = dict(style='compact', last_k=3, memory='step',
@@ -102,18 +103,31 @@ def check_checkpoint(p: Path, what: str) -> Path:
         raise ValueError(f"The tokenizer of {what} {str(p)!r} has no chat template: the curriculum trains chat models; {hint}")
     return p
 
+def hub_snapshot(repo_id: str) -> Path:
+    "The local snapshot of hub model `repo_id` (downloaded into the Hugging Face cache if it is not there yet)."
+    from huggingface_hub import snapshot_download
+    try: return Path(snapshot_download(repo_id, allow_patterns=['*.json', '*.safetensors', '*.txt', '*.model', '*.jinja']))
+    except Exception as e:
+        raise FileNotFoundError(f"base_model {repo_id!r} is neither a local directory nor a hub model this machine can fetch "
+                                f"({type(e).__name__}: {str(e)[:200]}); download it elsewhere and pass its directory "
+                                f"(or set ${BASE_MODEL_ENV} for the paper profile)") from e
+
 def base_model_path(profile: Profile | str | None = None, # profile (name)
-                    base_model: str | Path | None = None, # None: the profile's SepsisAgent-tiny; else a save_pretrained directory
+                    base_model: str | Path | None = None, # None: the profile's `base_model` (None there: SepsisAgent-tiny); else a directory or hub id
                    ) -> Path:
     "The checkpoint stage I starts from, checked: it exists and its tokenizer has a chat template."
     prof = get_profile(profile)
+    base_model = base_model if base_model is not None else prof.base_model
     if base_model is None:
         from sepsisagent.tinylm import load_or_build_tiny_model
         try: return Path(load_or_build_tiny_model(prof))
         except ValueError as e:
             raise ValueError(f"Profile {prof.name!r} has no SepsisAgent-tiny: pass `base_model=` the save_pretrained directory of the "
                              f"model to fine-tune (e.g. Qwen3-4B-Instruct-2507)") from e
-    return check_checkpoint(Path(base_model).expanduser(), 'base_model')
+    p = Path(base_model).expanduser()
+    if not p.exists() and isinstance(base_model, str) and base_model.count('/') == 1 and not base_model.startswith(('.', '/', '~')):
+        p = hub_snapshot(base_model)                   # "org/name": a hub id
+    return check_checkpoint(p, 'base_model')
 
 # %% ../nbs/30_stage1_sft.ipynb
 FORECAST_FEATURES = [*SIM_VITALS, *SIM_LABS, URINE]
@@ -263,6 +277,18 @@ def kept_global_state():
         (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
         transformers.logging.set_verbosity(verb)
 
+def distributed_knobs(k: dict) -> dict:
+    "Training knobs for this process: under a launch of W processes, W times fewer accumulation steps (the same global batch)."
+    _, world = launch_rank()
+    if world == 1: return k
+    if k['grad_accum'] % world:
+        raise ValueError(f"grad_accum ({k['grad_accum']}) must be a multiple of the {world} launched processes, so the global batch stays "
+                         f"batch x grad_accum; change the stage's grad_accum knob or the number of processes")
+    if k['max_minutes'] is not None:
+        raise ValueError("max_minutes stops each process on its own clock, which would leave the others waiting: under a distributed "
+                         "launch set max_minutes=None and bound training with epochs or max_steps")
+    return k | dict(grad_accum=k['grad_accum'] // world)
+
 def _time_limit_callback(seconds: float | None):
     from transformers import TrainerCallback
     class TimeLimit(TrainerCallback):
@@ -290,7 +316,7 @@ def sft_trainer(base_path: str | Path, # save_pretrained directory to start from
     "An `SFTTrainer` ready to train (dataset tokenized, completion-only labels built) and its tokenizer."
     bad = sorted(set(knobs) - set(TRAIN_DEFAULTS))
     if bad: raise TypeError(f"train_sft got unknown argument(s) {bad}; known: {sorted(TRAIN_DEFAULTS)}")
-    k = {**TRAIN_DEFAULTS, **knobs}
+    k = distributed_knobs({**TRAIN_DEFAULTS, **knobs})
     if train_dataset is None or len(train_dataset) == 0:
         raise ValueError("`train_dataset` is empty: nothing to fine-tune on (check the example counts of the curriculum knobs)")
     cols = set(train_dataset.column_names)
@@ -314,7 +340,8 @@ def _sft_trainer(base_path, train_dataset, out_dir, seed, k):
                     save_strategy='no', report_to='none', seed=int(seed) % 2**31, data_seed=int(seed) % 2**31, completion_only_loss=True,
                     max_length=k['max_length'], activation_checkpointing=k['gradient_checkpointing'], use_cpu=not cuda,
                     bf16=bool(cuda and torch.cuda.is_bf16_supported()), fp16=False, dataloader_num_workers=0, disable_tqdm=quiet,
-                    include_num_input_tokens_seen='non_padding', dataset_num_proc=None)
+                    include_num_input_tokens_seen='non_padding', dataset_num_proc=None,
+                    ddp_find_unused_parameters=False)   # every parameter (or LoRA adapter) is used: skip DDP's extra graph walk
     peft_config = None
     if k['lora']:
         from peft import LoraConfig
@@ -387,13 +414,13 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
             seconds = time.time() - t0
             after = probe_loss(trainer)
             stopped = any(getattr(cb, 'stopped', False) for cb in trainer.callback_handler.callbacks)
-            out.mkdir(parents=True, exist_ok=True)
+            main = trainer.accelerator.is_main_process           # under a distributed launch only rank 0 writes
             model = trainer.model
+            if main: out.mkdir(parents=True, exist_ok=True)
             if lora:
-                model.save_pretrained(out / 'adapter')
+                if main: model.save_pretrained(out / 'adapter')
                 model = model.merge_and_unload()
-            model.save_pretrained(out)
-            tok.save_pretrained(out)
+            if main: model.save_pretrained(out); tok.save_pretrained(out)
             st = trainer.state
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -403,7 +430,7 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
                tokens=dict(total=n_tok, answer=n_ans, seen=int(st.num_input_tokens_seen or 0), max_sequence=int(max(len(x) for x in ds['input_ids']))),
                losses=[dict(step=int(h['step']), loss=float(h['loss'])) for h in hist if 'loss' in h],
                probe_loss_before=before, probe_loss_after=after, log_history=hist, **(log_extra or {}))
-    (out / 'training_log.json').write_text(json.dumps(log, indent=1, default=str))
+    if main: (out / 'training_log.json').write_text(json.dumps(log | dict(processes=launch_rank()[1]), indent=1, default=str))
     return log
 
 # %% ../nbs/30_stage1_sft.ipynb
