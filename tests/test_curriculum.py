@@ -12,6 +12,7 @@ from sepsisagent.sft import (TASKS, FORECAST_FEATURES, base_model_path, curricul
                              outcome_prompts, forecast_mae, stage_dir, prompt_lengths)
 from sepsisagent.tinylm import load_or_build_tiny_model, load_tiny
 from sepsisagent.episodes import load_or_build_episodes
+from sepsisagent.core import get_profile
 from sepsisagent.baselines import logged_states
 
 PROFILE = 'quick'
@@ -133,8 +134,10 @@ def test_base_model_path_errors(tiny, tmp_path):
     (bare / 'tokenizer_config.json').write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match='chat template'):
         base_model_path(PROFILE, bare)
-    with pytest.raises(ValueError, match='base_model='):
-        base_model_path('paper')
+    with pytest.raises(ValueError, match='base_model='):             # a profile with neither SepsisAgent-tiny nor a base model
+        base_model_path(get_profile('paper').override(base_model=None))
+    with pytest.raises(FileNotFoundError, match='no-such-org/no-such-model'):   # a hub id this machine cannot fetch
+        base_model_path(PROFILE, 'no-such-org/no-such-model')
     with pytest.raises(TypeError, match='s1_learnig_rate'):
         curriculum_knobs(PROFILE, s1_learnig_rate=1.0)
 
