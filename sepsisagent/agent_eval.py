@@ -14,10 +14,10 @@ import torch
 
 from .core import Profile, get_profile, profile_knobs, derive_seed, results_dir, read_meta, digest
 from .synthicu import FEATURES
-from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften, one_hot
+from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften
 from .safety import policy_safety
 from .agent import Backend, run_agent, agent_summary
-from .baselines import Policy, StateBatch, action_index
+from .baselines import Policy, StateBatch
 from .env import SepsisEnv
 from .worldmodel import EpisodeArrays
 from .truth import true_values
@@ -130,9 +130,9 @@ class DecisionEnv(SepsisEnv):
         "Make decision i of `batch` episode i: its history up to step batch.t[i], which is the last step."
         e = batch.episode
         as_t = lambda x, dtype=torch.float32: torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
-        self.data = EpisodeArrays(batch.stay_id[e], as_t(batch.z[e]), as_t(batch.masks[e]), as_t(batch.static[e]),
-                                  as_t(batch.actions[e], torch.int64), torch.zeros(batch.z[e].shape[:2]),
-                                  torch.from_numpy(batch.t + 1), torch.zeros(len(e)))
+        z = as_t(batch.z[e])
+        self.data = EpisodeArrays(batch.stay_id[e], z, as_t(batch.masks[e]), as_t(batch.static[e]), as_t(batch.actions[e], torch.int64),
+                                  torch.zeros(z.shape[:2]), torch.from_numpy(batch.t + 1), torch.zeros(len(e)))
         self.batch = batch
         return self
 
@@ -159,10 +159,11 @@ class AgentPolicy(Policy):
         self.env = DecisionEnv(wm, ep, num_envs, seed=seed)
         self.backend = backend if isinstance(backend, Backend) else backend(self.env)
         self.prompt, self.fallback, self.max_new_tokens, self.seed, self.name = prompt, fallback, max_new_tokens, seed, name
-        self.failed, self.failures, self.n_agent_decisions, self.n_fallback_decisions, self.n_simulations = None, {}, 0, 0, 0
+        self.failed = None
 
     def act(self, batch: StateBatch, rng: np.random.Generator | None = None) -> np.ndarray:
-        if self.failed is None or len(self.failed) != len(batch): self.failed = np.zeros(len(batch), bool)
+        if self.failed is None or batch.t.max() == 0:               # admission: a new set of trajectories
+            self.failed, self.failures, self.n_agent_decisions, self.n_fallback_decisions, self.n_simulations = np.zeros(len(batch), bool), {}, 0, 0, 0
         acts = np.zeros((len(batch), 2), np.int64)
         live = np.flatnonzero(~self.failed)
         if len(live):
@@ -183,7 +184,8 @@ class AgentPolicy(Policy):
         return acts
 
     def _probs(self, batch):
-        return one_hot(action_index(self.act(batch, np.random.default_rng(self.seed))))
+        raise NotImplementedError("AgentPolicy acts through conversations and keeps trajectory state; its action distribution at "
+                                  "logged states comes from run_agent in logged mode (`evaluate_agent`)")
 
 # %% ../nbs/44_agent_eval.ipynb
 def agent_truth(hospital, # the built `SynthICU`
@@ -208,16 +210,16 @@ PAPER_ABLATION = pd.DataFrame([   # upstream.md section 8 (MIMIC-IV, Qwen3-4B ba
     ('+ Stage III RL', 10.01, 11.14, 23.40, 97.95, 0.22, 68.52, 53.45, 79.96, 68.83)],
     columns=['Stage', 'DR', 'WIS', 'WPDIS', 'Adherence %', 'Unsafe %', 'IHM AUROC', 'IHM AUPRC', 'VR AUROC', 'VR AUPRC'])
 
-def _fmt(x, d=2): return 'n/a' if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+def _missing(x) -> bool: return x is None or (isinstance(x, float) and not np.isfinite(x))
+def _fmt(x, d=2): return 'n/a' if _missing(x) else f"{x:.{d}f}"
 def _x100(x): return None if x is None else 100 * x
 def _ci(r, k): return 'n/a (all failed)' if not r.get('n_ope') else f"{r[k]:.2f} [{r[k + '_lo']:.2f}, {r[k + '_hi']:.2f}]"
 def _truth(r, k, d=2):
     "A truth cell: n/a without SynthICU, 'all failed' when no trajectory finished, the value ± its SE."
-    if r.get('true_n') is None or (isinstance(r.get('true_n'), float) and np.isnan(r['true_n'])): return 'n/a'
-    x = r.get(k)
-    if x is None or (isinstance(x, float) and np.isnan(x)): return 'n/a (all failed)'
-    se = r.get(k + '_se')
-    return f"{x:.{d}f}" + ('' if se is None or (isinstance(se, float) and np.isnan(se)) else f" ± {se:.{d}f}")
+    if _missing(r.get('true_n')): return 'n/a'
+    x, se = r.get(k), r.get(k + '_se')
+    if _missing(x): return 'n/a (all failed)'
+    return f"{x:.{d}f}" + ('' if _missing(se) else f" ± {se:.{d}f}")
 
 def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     "One row per evaluated policy in the paper's ablation layout, plus failures and world-model columns."
@@ -229,5 +231,5 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
                     'Failed (logged / rollout)': f"{r.get('logged_failed', 0)} / {r.get('rollout_failed', 0)}",
                     'WM survival %': _fmt(r.get('wm_survival_pct'), 1), 'WM avg return': _fmt(r.get('wm_avg_return')),
                     'TRUE survival %': _truth(r, 'true_survival_pct', 1), 'TRUE value': _truth(r, 'true_value'),
-                    'Failed (true)': _fmt(r.get('true_failed'), 0) + ('' if r.get('true_n') is None else f" of {r['true_n']}")})
+                    'Failed (true)': _fmt(r.get('true_failed'), 0) + ('' if _missing(r.get('true_n')) else f" of {r['true_n']}")})
     return pd.DataFrame(out)

@@ -235,7 +235,8 @@ def build_once(path: Path | str, # the artifact (file or directory)
         try: build(scratch / path.name)
         finally: shutil.rmtree(scratch, ignore_errors=True)
         deadline = time.time() + 60 * wait_minutes
-        while not (fresh() and (read_meta(path) or {}).get('launch', {}).get('id') == launch_id()):
+        written = lambda m: m.get('inputs') == want and m.get('launch', {}).get('id') == launch_id() and path.exists()
+        while not written(read_meta(path) or {}):
             if time.time() > deadline: raise TimeoutError(f"rank {rank}: rank 0 did not write {path} within {wait_minutes} min")
             time.sleep(0.5)
         return path
