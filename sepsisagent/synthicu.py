@@ -544,6 +544,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
     for h in progress(range(H), desc=f'SynthICU: {N} stays', disable=not show_progress, leave=False):
         ned = t['ned_main'] + t['vasopressin_u_h'] * VASOPRESSORS['vasopressin'][3]
         v = physiology(s, P, ned, t['fio2'], t['vent'], t['cum_fluid_l'])
+        vent_hour = t['vent'].copy()   # the airway under which this hour's physiology (and its GCS) was made
         # -- the monitor charts the vitals of the state at hour h
         missing = crn.uniform(h, CH['vital_missing']) < 0.04
         meas = {}
@@ -623,7 +624,7 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
         urine_24h[:, h % 24] = np.maximum(v['urine_ml_h'], 0)
         gcs_true = sum(np.clip(np.round(v[c + '_true']), 1, hi) for c, hi in [('gcs_eye', 4), ('gcs_verbal', 5), ('gcs_motor', 6)])
         organs = sofa_components(v['pao2'], v['fio2'], t['vent'], v['platelet'], v['bilirubin_total'], v['meanbp'],
-                                 np.where(t['vent'], 15, gcs_true),  # intubated: not assessable
+                                 np.where(vent_hour, 15, gcs_true),  # intubated (sedated GCS): not assessable
                                  v['creatinine'], np.where(h >= 23, urine_24h.sum(1), np.nan), ned=ned)
         sofa_true = organs['sofa_total']
         for o in TRUE_ORGANS: latent[f'{o}_true'][:, h] = np.where(active, organs[o], np.nan)
