@@ -1,12 +1,13 @@
 # SepsisAgent compendium. Quick start: `make paper` then `make test` (see README.md).
 PROFILE ?= default
+# Knob overrides for every notebook of the run, as a JSON object, e.g. OVERRIDES='{"seed": 1}'.
+OVERRIDES ?=
 SOURCE  ?= synthicu
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 KERNEL  := sepsisagent
-RESULTS := results/$(PROFILE)
 # Every numbered notebook, in order (library notebooks 00-8x, benchmarks 9x).
 NOTEBOOKS := $(sort $(wildcard nbs/[0-9][0-9]_*.ipynb))
 # Notebooks that need what only SynthICU has (a second hospital): skipped when the profile reads MIMIC-IV.
@@ -16,7 +17,8 @@ SYNTHICU_ONLY := nbs/45_ood.ipynb
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make paper [PROFILE=quick|default|paper]  run every notebook with papermill into results/<profile>/"
+	@echo "make paper [PROFILE=quick|default|paper] [OVERRIDES='{\"seed\": 1}']"
+	@echo "                                          run every notebook with papermill into results/<profile>/"
 	@echo "make test                                 nbdev_test (quick profile) + pytest tests/"
 	@echo "make data [PROFILE=..] [SOURCE=demo]      build the raw MIMIC-IV-format data for a profile"
 	@echo "make lib                                  export nbs/ to the sepsisagent package"
@@ -38,16 +40,18 @@ data: $(STAMP)
 	$(BIN)/python -c "from sepsisagent.mimic import build_raw_data; print(build_raw_data('$(PROFILE)', '$(SOURCE)'))"
 
 paper: $(STAMP) lib
-	@mkdir -p $(RESULTS)/notebooks
-	@set -e; for nb in $(NOTEBOOKS); do \
+	@set -e; export SEPSISAGENT_PROFILE=$(PROFILE) SEPSISAGENT_OVERRIDES='$(OVERRIDES)'; \
+	results=$$($(BIN)/python -m sepsisagent.core check $(PROFILE)); \
+	mkdir -p $$results/notebooks; \
+	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
 	  case " $(SYNTHICU_ONLY) " in *" $$nb "*) \
-	    if ! $(BIN)/python -c "import sys; from sepsisagent.core import get_profile; sys.exit(get_profile('$(PROFILE)').source != 'synthicu')"; then \
+	    if ! $(BIN)/python -c "import sys; from sepsisagent.core import get_profile; sys.exit(get_profile().source != 'synthicu')"; then \
 	      echo "   skipped: needs SynthICU's second site; profile $(PROFILE) reads MIMIC-IV"; continue; fi;; esac; \
-	  SEPSISAGENT_PROFILE=$(PROFILE) $(BIN)/papermill --no-progress-bar --log-level WARNING -k $(KERNEL) --cwd nbs \
-	    -p profile $(PROFILE) $$nb $(RESULTS)/notebooks/$$(basename $$nb); \
-	done
-	@echo "Executed notebooks in $(RESULTS)/notebooks; tables, figures and benchmarks in $(RESULTS)/"
+	  $(BIN)/papermill --no-progress-bar --log-level WARNING -k $(KERNEL) --cwd nbs \
+	    -p profile $(PROFILE) $$nb $$results/notebooks/$$(basename $$nb); \
+	done; \
+	echo "Executed notebooks in $$results/notebooks; tables, figures and benchmarks in $$results/"
 
 test: $(STAMP) lib
 	$(BIN)/python -c "from sepsisagent.mimic import build_raw_data; print(build_raw_data('quick'))"

@@ -15,7 +15,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
-from .core import (Profile, get_profile, derive_seed, seed_everything, results_dir, build_once, provenance,
+from .core import (upstream_key, Profile, get_profile, derive_seed, seed_everything, results_dir, build_once, provenance,
                               module_fingerprint, read_meta, processed_dir)
 from .synthicu import FEATURES
 from .episodes import Episodes, load_or_build_episodes, MASKS
@@ -472,7 +472,7 @@ def load_or_train_baseline(profile: Profile | str | None, # profile (name)
     if name not in BASELINES: raise ValueError(f"Unknown baseline {name!r}; choose one of {BASELINES}")
     ep = load_or_build_episodes(prof)
     knobs = dict(seed=prof.seed, knn_k=prof.knn_k, aic_clusters=prof.aic_clusters, dqn_updates=prof.dqn_updates)
-    inputs = dict(code=module_fingerprint('sepsisagent.baselines'), episodes=read_meta(processed_dir(prof) / 'episodes')['created'], knobs=knobs)
+    inputs = dict(code=module_fingerprint('sepsisagent.baselines'), episodes=upstream_key(processed_dir(prof) / 'episodes'), knobs=knobs)
     path = results_dir(prof, 'models', 'baselines') / f'{name}.pt'
     from importlib import import_module      # the package's classes, never a notebook's copies: the pickle must load anywhere
     train = import_module('sepsisagent.baselines').train_baseline

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta, digest
+from .core import upstream_key, Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta, digest
 from .prompts import TOOLS, check_style, system_prompt_text, render_conversation_start, render_simulation_result, patient_info
 from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records, parse_tool_call, parse_simulation_candidates, tool_call_text,
                                parse_prescription, env_history, ParseFailure)
@@ -30,9 +30,9 @@ __all__ = ['teacher_inputs', 'load_or_build_transcripts', 'bc_example', 'transcr
 def teacher_inputs(prof: Profile) -> dict:
     "What the teacher's transcripts depend on, for cache keys."
     models = results_dir(prof, 'models')
-    meta = lambda p: (read_meta(p) or {}).get('created')
     return dict(code={m: module_fingerprint(f'sepsisagent.{m}') for m in ('teacher', 'agent', 'env', 'prompts', 'worldmodel', 'baselines')},
-                world_model=meta(models / f'wm_{prof.wm_backbone}.pt'), clinicians=meta(models / 'baselines' / 'clinicians.pt'),
+                world_model=upstream_key(models / f'wm_{prof.wm_backbone}.pt'),
+                clinicians=upstream_key(models / 'baselines' / 'clinicians.pt'),
                 episodes=episodes_inputs(prof))
 
 def load_or_build_transcripts(profile: Profile | str | None, # profile (name)
@@ -208,7 +208,9 @@ def _verdict(rep: Reply) -> tuple:
     if rep.error: return False, None, None
     call = parse_tool_call(rep)
     if not isinstance(call, ToolCall): return False, None, None
-    if call.name == 'simulation': return True, 'simulation', parse_simulation_candidates(call.arguments)
+    if call.name == 'simulation':
+        c = parse_simulation_candidates(call.arguments)        # out-of-range levels are a failure, as in the loop
+        return (False, 'simulation', None) if isinstance(c, ParseFailure) else (True, 'simulation', c)
     a = parse_prescription(call.arguments)
     return (False, 'prescription', None) if isinstance(a, ParseFailure) else (True, 'prescription', tuple(int(x) for x in a))
 
@@ -347,10 +349,9 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
     t0 = time.time()
     tr = load_or_build_transcripts(prof, knobs['s2_episodes'], knobs['style'], knobs['memory'], knobs['last_k'], knobs['s2_rationale'], teacher)
     t_tr = time.time() - t0
-    tmeta = read_meta(tr) or {}
     inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'), backends=module_fingerprint('sepsisagent.backends'),
                   knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path), episodes=episodes_inputs(prof),
-                  transcripts=dict(created=tmeta.get('created'), inputs=digest(tmeta.get('inputs'))), libraries=library_versions())
+                  transcripts=upstream_key(tr), libraries=library_versions())
     def build(tmp):
         t1 = time.time()
         ex, counts = transcript_examples(read_records(tr), knobs['style'], knobs['memory'])

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_cohort.ipynb 2
 from __future__ import annotations
-import json, time
+import re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 
 from .core import (Profile, get_profile, processed_dir, build_once, provenance, module_fingerprint, ensure_writable_dir)
-from .mimic import MimicSource, open_source, build_raw_data
+from .mimic import MimicSource, MimicError, EmptyDataError, open_source, build_raw_data
 from .synthicu import CHART_ITEMS, LAB_ITEMS, VASOPRESSORS, FLUIDS, DECISION_OFFSET_H, LABS
 
 # %% auto 0
 __all__ = ['VITAL_ITEMS', 'GCS_ITEMS', 'FIO2_ITEM', 'WEIGHT_ITEMS', 'URINE_ITEMS', 'GU_IRRIGANT_IN', 'VENT_PROCEDURE_ITEM',
            'CRYSTALLOID_COLLOID_ITEMS', 'LAB_ITEMIDS', 'PLAUSIBLE', 'ANTIBIOTIC_NAMES', 'CONCEPTS', 'CHARLSON_CODES',
-           'SOFA_HOURS', 'MAX_STEPS', 'REQUIRED_TABLES', 'EXCLUSIONS', 'EVENT_CONCEPTS', 'concept', 'Cohort',
-           'create_concepts', 'cohort_flow', 'build_cohort', 'save_cohort', 'read_cohort', 'load_or_build_cohort']
+           'SOFA_HOURS', 'MAX_STEPS', 'REQUIRED_TABLES', 'EXCLUSIONS', 'EVENT_CONCEPTS', 'EXCLUSION_CONCEPTS',
+           'concept', 'Cohort', 'create_concepts', 'cohort_flow', 'build_cohort', 'concept_inputs', 'empty_upstream',
+           'empty_cohort_error', 'save_cohort', 'read_cohort', 'load_or_build_cohort']
 
 # %% ../nbs/03_cohort.ipynb
 VITAL_ITEMS = {
@@ -338,7 +339,10 @@ WITH candidates AS (
     GROUP BY ALL
 )
 SELECT * EXCLUDE (rn) FROM (
-    SELECT *, row_number() OVER (PARTITION BY stay_id ORDER BY suspected_infection_time, sofa_time) AS rn FROM candidates)
+    -- ties (one culture before several antibiotics) go to the first antibiotic: the same row on every run
+    SELECT *, row_number() OVER (PARTITION BY stay_id
+                                 ORDER BY suspected_infection_time, sofa_time, antibiotic_time, culture_time) AS rn
+    FROM candidates)
 WHERE rn = 1
 """)
 
@@ -385,7 +389,8 @@ def create_concepts(src: MimicSource, names: list[str] | None = None, verbose: b
     times = {}
     for name in names or list(CONCEPTS):
         t0 = time.perf_counter()
-        try: src.con.execute(CONCEPTS[name])
+        try: src.execute(CONCEPTS[name])
+        except MimicError: raise           # a file that cannot be read: the error names it already
         except Exception as e: raise RuntimeError(f"Concept derived.{name} failed on {src.path}: {e}") from e
         times[name] = time.perf_counter() - t0
         if verbose: print(f'derived.{name}: {times[name]:.1f} s')
@@ -420,10 +425,53 @@ def build_cohort(src: MimicSource, # an opened MIMIC-IV source
         reason = reason.where(reason.notna() | ok, why)
     st['exclusion_reason'] = reason
     st['included'] = reason.isna()
+    flow = cohort_flow(st)
+    if not st.included.any(): raise empty_cohort_error(src, st, flow)
     stays = st[st.included].drop(columns=['included', 'exclusion_reason']).reset_index(drop=True)
-    ids = ', '.join(map(str, stays.stay_id)) or 'NULL'
+    ids = ', '.join(map(str, stays.stay_id))
     events = {name: src.sql(f'SELECT * FROM derived.{name} WHERE stay_id IN ({ids}) ORDER BY ALL') for name in EVENT_CONCEPTS}
-    return Cohort(stays=stays, all_stays=st, flow=cohort_flow(st), events=events)
+    return Cohort(stays=stays, all_stays=st, flow=flow, events=events)
+
+# %% ../nbs/03_cohort.ipynb
+# the concept that decides each exclusion: where to look when it excludes every stay
+EXCLUSION_CONCEPTS = {'not adult': 'icustay_detail', 'not first ICU stay': 'icustay_detail',
+                      'no Sepsis-3 near ICU admission': 'sepsis3', 'fewer than 2 steps': 'steps_with_data'}
+assert list(EXCLUSION_CONCEPTS) == [why for why, _ in EXCLUSIONS]
+
+def concept_inputs(name: str) -> list[str]:
+    "The tables concept `name` reads, from its SQL: views ('icu.chartevents') and concepts ('derived.gcs')."
+    body = CONCEPTS[name].split('\n', 1)[1]      # not the CREATE line, which names the concept itself
+    return sorted(set(re.findall(r'\b(?:hosp|icu|derived)\.\w+', body)))
+
+def empty_upstream(src: MimicSource, # a source on which the concepts were created
+                   name: str, # a concept
+                  ) -> list[str]:
+    "The empty tables behind concept `name`: it, what it reads, what the empty ones read; sources first."
+    seen, empty = set(), []
+    def walk(table: str, top: bool = False):
+        if table in seen: return
+        seen.add(table)
+        is_empty = src.execute(f'SELECT 1 FROM {table} LIMIT 1').fetchone() is None
+        # below the concept asked about, only an empty table explains anything: a full one is not followed
+        if table.startswith('derived.') and (is_empty or top):
+            for t in concept_inputs(table.removeprefix('derived.')): walk(t)
+        if is_empty: empty.append(table)
+    walk(f'derived.{name}', top=True)
+    return empty
+
+def empty_cohort_error(src: MimicSource, all_stays: pd.DataFrame, flow: pd.DataFrame) -> EmptyDataError:
+    "The error for a cohort without stays: the criterion that excluded the last, the empty tables behind it."
+    if len(all_stays) == 0: why, name = 'the source has no ICU stay', 'icustay_detail'
+    else:
+        last = flow[(flow.remaining == 0) & (flow.excluded > 0)].iloc[0]
+        reason = last.step.removeprefix('excluded: ')
+        why, name = (f"all {len(all_stays)} ICU stays are excluded, the last {last.excluded} as '{reason}'",
+                     EXCLUSION_CONCEPTS[reason])
+    named = lambda t: t if t.startswith('derived.') else f"{t} ({src.files[t.replace('.', '/')]})"
+    empty = [named(t) for t in empty_upstream(src, name)]
+    said = f" Empty on the way to derived.{name}: {', '.join(empty)}." if empty else ''
+    return EmptyDataError(f"The cohort of {src.path} is empty: {why}.{said}\n"
+                          f"Cohort flow:\n{flow.to_string(index=False)}")
 
 # %% ../nbs/03_cohort.ipynb
 def save_cohort(c: Cohort, out: Path):
@@ -441,11 +489,11 @@ def read_cohort(path: Path | str) -> Cohort:
 def load_or_build_cohort(profile: Profile | str | None = None, force: bool = False) -> Cohort:
     "The profile's cohort, built (and cached in data/processed/<profile>/cohort) if needed."
     profile = get_profile(profile)
-    raw = build_raw_data(profile)
-    raw_meta = raw.with_name(raw.name + '.meta.json')
-    inputs = dict(code=module_fingerprint('sepsisagent.cohort'), source=str(raw),
-                  source_built=json.loads(raw_meta.read_text())['created'] if raw_meta.exists() else None)
-    def build(tmp: Path):
-        with MimicSource(raw, tables=REQUIRED_TABLES) as src: save_cohort(build_cohort(src), tmp)
-    path = build_once(processed_dir(profile) / 'cohort', build, provenance(profile, **inputs), force=force)
+    with MimicSource(build_raw_data(profile), tables=REQUIRED_TABLES) as src:
+        inputs = dict(code=module_fingerprint('sepsisagent.cohort'), tables=src.fingerprint())
+        def build(tmp: Path):
+            src.verify()                # the CRCs DuckDB does not check, before anything is written
+            save_cohort(build_cohort(src), tmp)
+        meta = provenance(profile, **inputs) | dict(source=str(src.path))    # for the reader, not in the key
+        path = build_once(processed_dir(profile) / 'cohort', build, meta, force=force)
     return read_cohort(path)

@@ -13,10 +13,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'BASE_MODEL_ENV', 'Profile', 'get_profile', 'profile_knobs', 'source_label', 'project_root',
-           'data_dir', 'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed',
-           'seed_everything', 'git_commit', 'provenance', 'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path',
-           'write_json', 'read_meta', 'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device']
+__all__ = ['PROFILES', 'PROFILE_ENV', 'OVERRIDES_ENV', 'BASE_MODEL_ENV', 'Profile', 'check_knob_type', 'get_profile',
+           'env_overrides', 'profile_knobs', 'source_label', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
+           'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
+           'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'upstream_key',
+           'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device', 'preflight', 'core_main']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class Profile:
     device: str = 'auto'               # auto | cpu | cuda
     wm_backbone: str = 'gru'           # world-model backbone used downstream: gru (as published) | lstm | transformer
     wm_hidden: int = 128               # world-model hidden size (published: 128)
-    wm_epochs: int = 30                # world-model training epochs (early stopping on the validation split)
-    wm_minutes: float = 2.5            # time budget per world-model network (state, outcome) on the CPU
+    wm_epochs: int = 5                 # world-model training epochs per network (early stopping on the validation split);
+                                       # a count, never seconds, so a loaded machine trains the same weights
     truth_replicas: int = 8            # SynthICU re-simulations per step for the world model's noise floor
     knn_k: int = 100                   # neighbours of the kNN behaviour policy (Tang et al. 2022)
     aic_clusters: int = 750            # AI Clinician: k-means states (Komorowski et al. 2018)
@@ -48,18 +49,33 @@ class Profile:
         known = {f.name for f in dataclasses.fields(self)}
         bad = sorted(set(kw) - known)
         if bad: raise TypeError(f"Profile has no knob(s) {bad}; known knobs: {sorted(known)}")
+        for k, v in kw.items(): check_knob_type(k, v, getattr(self, k), Profile.__dataclass_fields__[k].type)
         return replace(self, **kw)
+
+def check_knob_type(name: str, # the knob, named in the error
+                    value, # the value asked for
+                    current, # the knob's current value (its type is the knob's type)
+                    annotation: str = '', # the field's annotation as written ('str | None' allows None)
+                   ):
+    "Raise a TypeError naming `name` unless `value` has the knob's type (an int may stand for a float)."
+    if value is None and ('None' in str(annotation) or current is None): return
+    want = type(current) if current is not None else None
+    ok = (want is None or isinstance(value, want) and not (want is int and isinstance(value, bool))
+          or want is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise TypeError(f"Knob {name!r} takes a {want.__name__}, got {value!r} ({type(value).__name__})")
 
 PROFILES: dict[str, Profile] = {
     'quick':   Profile('quick', synth_n_stays=600, synth_site_b_stays=150, synth_hours=48, wm_hidden=32, wm_epochs=3,
-                       wm_minutes=0.5, truth_replicas=3, aic_clusters=40, dqn_updates=300, ope_boot=200, value_replicas=2),
+                       truth_replicas=3, aic_clusters=40, dqn_updates=300, ope_boot=200, value_replicas=2),
     'default': Profile('default'),
     'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda', wm_epochs=60,
-                       wm_minutes=30, base_model='Qwen/Qwen3-4B-Instruct-2507'),
+                       base_model='Qwen/Qwen3-4B-Instruct-2507'),
 }
 
 # %% ../nbs/00_core.ipynb
 PROFILE_ENV = 'SEPSISAGENT_PROFILE'
+OVERRIDES_ENV = 'SEPSISAGENT_OVERRIDES'
 BASE_MODEL_ENV = 'SEPSISAGENT_BASE_MODEL'   # the paper profile's base model: a local directory (or hub id) of Qwen3-4B-Instruct
 
 def get_profile(name: str | Profile | None = None, # profile name, a Profile, or None for $SEPSISAGENT_PROFILE / 'default'
@@ -72,7 +88,18 @@ def get_profile(name: str | Profile | None = None, # profile name, a Profile, or
     prof = PROFILES[name]
     if name == 'paper' and os.environ.get('MIMIC_DIR'): prof = prof.override(mimic_dir=os.environ['MIMIC_DIR'])
     if name == 'paper' and os.environ.get(BASE_MODEL_ENV): prof = prof.override(base_model=os.environ[BASE_MODEL_ENV])
+    overrides = env_overrides() | overrides
     return prof.override(**overrides) if overrides else prof
+
+def env_overrides() -> dict:
+    "The knob overrides of a whole run: a JSON object in $SEPSISAGENT_OVERRIDES (`make paper OVERRIDES=...`)."
+    text = os.environ.get(OVERRIDES_ENV, '').strip()
+    if not text: return {}
+    try: knobs = json.loads(text)
+    except json.JSONDecodeError as e: raise ValueError(f"${OVERRIDES_ENV} is not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(knobs, dict):
+        raise ValueError(f"${OVERRIDES_ENV} must be a JSON object of knobs, e.g. '{{\"seed\": 1}}'; got {text!r}")
+    return knobs
 
 # %% ../nbs/00_core.ipynb
 def profile_knobs(table: dict, # profile name -> dict of knobs
@@ -199,6 +226,13 @@ def read_meta(path: Path | str) -> dict | None:
     p = sidecar_path(path)
     return json.loads(p.read_text()) if p.exists() else None
 
+def upstream_key(path: Path | str) -> str:
+    "What a downstream cache chains on: a digest of the inputs `path` was built from, not its build time."
+    meta = read_meta(path)
+    if meta is None or 'inputs' not in meta:
+        raise FileNotFoundError(f"{path} has no provenance sidecar ({sidecar_path(path).name}): build it first")
+    return digest(meta['inputs'])
+
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def file_lock(path: Path | str):
@@ -260,3 +294,24 @@ def get_device(profile: Profile | None = None) -> str:
     except ImportError: has_cuda = False
     if want == 'cuda' and not has_cuda: return 'cpu'
     return 'cuda' if (want in ('auto', 'cuda') and has_cuda) else 'cpu'
+
+# %% ../nbs/00_core.ipynb
+def preflight(profile: str | None = None, # profile name (None: $SEPSISAGENT_PROFILE / 'default')
+             ) -> Path:
+    "Resolve the profile and check the folders a run writes; return its results folder (errors name what is wrong)."
+    prof = get_profile(profile)
+    out = results_dir(prof)
+    processed_dir(prof)
+    return out
+
+def core_main(argv: list[str] | None = None):
+    "`python -m sepsisagent.core check|show [profile]`: the results folder of a checked run, or the resolved profile."
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ('check', 'show') or len(args) > 2:
+        raise SystemExit("usage: python -m sepsisagent.core check|show [profile]")
+    name = args[1] if len(args) > 1 else None
+    try: print(preflight(name) if args[0] == 'check' else json.dumps(asdict(get_profile(name)), indent=1))
+    except (ValueError, TypeError, PermissionError) as e: raise SystemExit(f"error: {e}") from None
+
+if __name__ == '__main__' and '__file__' in globals(): core_main()

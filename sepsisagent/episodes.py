@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (Profile, get_profile, processed_dir, build_once, provenance, module_fingerprint, write_json, derive_seed)
+from .core import (Profile, get_profile, processed_dir, build_once, provenance, module_fingerprint,
+                              write_json, derive_seed, upstream_key)
 from .synthicu import FEATURES, VITALS, LABS, DECISION_OFFSET_H, observed_sofa_components, raghu_rewards
-from .cohort import Cohort, load_or_build_cohort, MAX_STEPS
+from .mimic import EmptyDataError
+from .cohort import (Cohort, load_or_build_cohort, MAX_STEPS, VITAL_ITEMS, GCS_ITEMS, FIO2_ITEM,
+                                LAB_ITEMIDS, URINE_ITEMS)
 
 # %% auto 0
-__all__ = ['MASKS', 'STATICS', 'SOFA_COLUMNS', 'MEAN_FEATURES', 'hours_since', 'step_of', 'interval_steps', 'raw_states',
-           'action_doses', 'ActionBins', 'patient_splits', 'Scalers', 'step_labels', 'Episodes', 'measured_parts',
-           'fitted_episodes', 'build_episodes', 'save_episodes', 'read_episodes', 'load_or_build_episodes', 'table_one',
-           'plot_actions']
+__all__ = ['MASKS', 'STATICS', 'SOFA_COLUMNS', 'MEAN_FEATURES', 'FEATURE_SOURCES', 'hours_since', 'step_of', 'interval_steps',
+           'raw_states', 'action_doses', 'ActionBins', 'patient_splits', 'feature_source', 'unmeasured_features',
+           'Scalers', 'step_labels', 'Episodes', 'measured_parts', 'fitted_episodes', 'build_episodes', 'save_episodes',
+           'read_episodes', 'load_or_build_episodes', 'table_one', 'plot_actions']
 
 # %% ../nbs/04_episodes.ipynb
 MASKS = [f'{f}_mask' for f in FEATURES[:-1]]
@@ -101,13 +104,16 @@ class ActionBins:
     vaso_edges: list; fluid_edges: list; vaso_median: list; fluid_median: list
     @classmethod
     def fit(cls, ned: np.ndarray, fluid: np.ndarray) -> 'ActionBins':
-        def one(x):
+        def one(x, what):
             nz = x[x > 0]
-            if len(nz) < 4: raise ValueError(f"Too few non-zero doses ({len(nz)}) in the training split to bin actions")
+            if len(nz) < 4:
+                raise EmptyDataError(f"Too few non-zero {what} doses ({len(nz)}) in the training split "
+                                     f"to bin them into 4 levels")
             edges = np.quantile(nz, [0.25, 0.5, 0.75])
             lev = 1 + np.searchsorted(edges, nz, side='right')
             return edges.round(6).tolist(), [0.0] + [float(np.median(nz[lev == l])) if (lev == l).any() else float('nan') for l in range(1, 5)]
-        (ve, vm), (fe, fm) = one(ned), one(fluid)
+        ve, vm = one(ned, 'vasopressor (derived.vasopressor, icu/inputevents)')
+        fe, fm = one(fluid, 'IV fluid (derived.ivfluid, icu/inputevents)')
         return cls(ve, fe, vm, fm)
     def levels(self, ned: np.ndarray, fluid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lv = np.where(ned > 0, 1 + np.searchsorted(self.vaso_edges, ned, side='right'), 0)
@@ -128,6 +134,27 @@ def patient_splits(stays: pd.DataFrame, seed: int, frac=(0.8, 0.1, 0.1)) -> dict
     return {k: sorted(stays.stay_id[stays.subject_id.isin(v)].astype(int).tolist()) for k, v in by.items()}
 
 # %% ../nbs/04_episodes.ipynb
+# where each feature comes from: (concept, MIMIC-IV table, item ids), named when a feature is never measured
+_temp_f = lambda f: VITAL_ITEMS['temp_f'] if f == 'temp_c' else []   # Fahrenheit, converted, is temp_c too
+FEATURE_SOURCES = ({f: ('vitalsign', 'icu/chartevents', VITAL_ITEMS[f] + _temp_f(f))
+                    for f in VITALS if f in VITAL_ITEMS}
+                   | {'fio2': ('fio2', 'icu/chartevents', [FIO2_ITEM])}
+                   | {f: ('gcs', 'icu/chartevents', [i]) for f, i in GCS_ITEMS.items()}
+                   | {f: ('lab', 'hosp/labevents', [LAB_ITEMIDS[f]]) for f in LABS}
+                   | {'output_4hourly': ('urine_output', 'icu/outputevents', URINE_ITEMS)})
+
+def feature_source(f: str) -> str:
+    "Where feature `f` comes from, in words: 'derived.lab (hosp/labevents, itemid 50813)'."
+    name, table, items = FEATURE_SOURCES[f]
+    return f"derived.{name} ({table}, itemid {', '.join(map(str, items))})"
+
+def unmeasured_features(raw: pd.DataFrame, # `raw_states` of the cohort `c`
+                        c: Cohort) -> list[str]:
+    "Features without a value in any state of `raw` (urine: when the cohort has no urine output at all)."
+    no_urine = len(c.events['urine_output']) == 0
+    return [f for f in FEATURES if raw[f].isna().all() or (f == 'output_4hourly' and no_urine)]
+
+# %% ../nbs/04_episodes.ipynb
 @dataclass
 class Scalers:
     "Training-split statistics of every feature: median (imputation), clip bounds, mean and sd (after clipping)."
@@ -138,7 +165,9 @@ class Scalers:
         ff = raw.groupby('stay_id')[FEATURES].ffill()
         for f in FEATURES:
             x = ff[f].to_numpy(float); x = x[~np.isnan(x)]
-            if len(x) == 0: raise ValueError(f"Feature {f!r} is never measured in the training split: cannot impute or scale it")
+            if len(x) == 0:
+                raise EmptyDataError(f"Feature {f!r} is never measured in the training split (it comes from "
+                                     f"{feature_source(f)}): cannot impute or scale it")
             med[f] = float(np.median(x)); lo[f], hi[f] = map(float, np.quantile(x, [0.001, 0.999]))
             z = np.clip(np.concatenate([x, np.full(int(ff[f].isna().sum()), med[f])]), lo[f], hi[f])
             z = np.log1p(z) if f == 'output_4hourly' else z
@@ -246,8 +275,14 @@ def fitted_episodes(c: Cohort, # a cohort (of this site or another one)
 def build_episodes(c: Cohort, seed: int) -> Episodes:
     "Episodes of the cohort `c`, with every fitted quantity fitted on the training split."
     if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
-    splits = patient_splits(c.stays, derive_seed(seed, 'splits'))
     parts = raw, doses, ep_doses = measured_parts(c)
+    never = unmeasured_features(raw, c)
+    if never:
+        raise EmptyDataError(f"{len(never)} feature(s) never measured in the cohort's {len(c.stays)} stays: "
+                             + '; '.join(f"{f} from {feature_source(f)}" for f in never)
+                             + ". No value: no median to impute with, no spread to scale by. "
+                               "Does the source hold these items?")
+    splits = patient_splits(c.stays, derive_seed(seed, 'splits'))
     train = raw.stay_id.isin(splits['train']).to_numpy()
     scalers = Scalers.fit(raw[train], c.stays[c.stays.stay_id.isin(splits['train'])])
     bins = ActionBins.fit(ep_doses.ned_max[train].to_numpy(), ep_doses.fluid_ml[train].to_numpy())
@@ -273,8 +308,9 @@ def load_or_build_episodes(profile: Profile | str | None = None, force: bool = F
     "The profile's episodes, built (and cached in data/processed/<profile>/episodes) if needed."
     profile = get_profile(profile)
     c = load_or_build_cohort(profile)
-    cohort_meta = json.loads((processed_dir(profile) / 'cohort.meta.json').read_text())
-    inputs = dict(code=module_fingerprint('sepsisagent.episodes'), cohort=cohort_meta['created'], cohort_inputs=cohort_meta['inputs'])
+    # what the cohort was built from, not when: a rebuild from the same files keeps the episodes
+    inputs = dict(code=module_fingerprint('sepsisagent.episodes'),
+                  cohort=upstream_key(processed_dir(profile) / 'cohort'), seed=profile.seed)
     path = build_once(processed_dir(profile) / 'episodes', lambda tmp: save_episodes(build_episodes(c, profile.seed), c, tmp),
                       provenance(profile, **inputs), force=force)
     return read_episodes(path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_mimic.ipynb 2
 from __future__ import annotations
-import contextlib, csv, gzip, http.client, os, shutil, urllib.error, urllib.request
+import contextlib, csv, gzip, hashlib, http.client, os, shutil, urllib.error, urllib.request, zlib
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +12,10 @@ import pandas as pd
 from .core import Profile, get_profile, data_dir, atomic_path, progress
 
 # %% auto 0
-__all__ = ['MIMIC_IV_COLUMNS', 'DUCKDB_TYPES', 'SUFFIXES', 'DEMO_URL', 'DEMO_PAGE', 'SOURCES', 'MimicError', 'NotMimicDirError',
-           'MissingTableError', 'MissingColumnError', 'table_file', 'read_header', 'check_columns', 'MimicSource',
-           'demo_dir', 'download_mimic_demo', 'build_raw_data', 'open_source']
+__all__ = ['MIMIC_IV_COLUMNS', 'DUCKDB_TYPES', 'SUFFIXES', 'HASH_BELOW', 'VERIFY_BELOW', 'DEMO_URL', 'DEMO_PAGE', 'SOURCES',
+           'MimicError', 'NotMimicDirError', 'MissingTableError', 'MissingColumnError', 'UnreadableFileError',
+           'EmptyDataError', 'table_file', 'read_header', 'check_columns', 'file_fingerprint', 'check_gzip',
+           'MimicSource', 'demo_dir', 'download_mimic_demo', 'build_raw_data', 'open_source']
 
 # %% ../nbs/02_mimic.ipynb
 MIMIC_IV_COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -82,6 +83,10 @@ class MissingTableError(MimicError, FileNotFoundError):
     "A table file we need is not in the folder."
 class MissingColumnError(MimicError, ValueError):
     "A table file lacks columns we need."
+class UnreadableFileError(MimicError, ValueError):
+    "A table file that cannot be read to its end: cut short, corrupted, or not what its name says."
+class EmptyDataError(MimicError, ValueError):
+    "Data that leave nothing to compute: events that give no cohort, a feature never measured."
 
 # %% ../nbs/02_mimic.ipynb
 SUFFIXES = ('.parquet', '.csv.gz', '.csv')   # in order of preference
@@ -100,12 +105,36 @@ def read_header(file: Path | str) -> list[str]:
         with (gzip.open if file.suffix == '.gz' else open)(file, 'rt', encoding='utf-8-sig', newline='') as fh:
             return [c.strip() for c in next(csv.reader(fh), [])]
     except Exception as e:  # truncated gzip, not a parquet file, ...
-        raise MimicError(f"Cannot read the header of {file} ({type(e).__name__}: {e}); is the file complete?") from e
+        raise UnreadableFileError(f"Cannot read the header of {file} ({type(e).__name__}: {e}); "
+                                  f"is the file complete?") from e
 
 def check_columns(table: str, header: list[str]) -> tuple[list[str], list[str]]:
     "(missing, extra): schema columns of `table` absent from `header`, and header columns not in the schema."
     have, known = {c.lower() for c in header}, {c.lower() for c, _ in MIMIC_IV_COLUMNS[table]}
     return [c for c, _ in MIMIC_IV_COLUMNS[table] if c.lower() not in have], [c for c in header if c.lower() not in known]
+
+# %% ../nbs/02_mimic.ipynb
+HASH_BELOW = 256 * 2**20     # bytes: files up to this size are keyed by content, bigger ones by stat
+VERIFY_BELOW = 256 * 2**20   # bytes: .csv.gz files up to this size have their CRC checked before a build
+
+def file_fingerprint(file: Path | str, # a table file
+                     hash_below: int = HASH_BELOW, # bytes: a file up to this size is hashed
+                    ) -> str:
+    "'sha256:<hex>' of a small file's content, 'stat:<size>:<mtime_ns>' of a big one: a cache key."
+    st = Path(file).stat()
+    if st.st_size > hash_below: return f'stat:{st.st_size}:{st.st_mtime_ns}'
+    with open(file, 'rb') as fh: return 'sha256:' + hashlib.file_digest(fh, 'sha256').hexdigest()[:16]
+
+def check_gzip(file: Path | str) -> Path:
+    "Read the .csv.gz `file` through, checking its length and CRC: an `UnreadableFileError` if not whole."
+    file = Path(file)
+    try:
+        with gzip.open(file, 'rb') as fh:
+            while fh.read(1 << 22): pass
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile: CRC or length wrong; EOFError: cut short
+        raise UnreadableFileError(f"{file} is not a whole gzip file ({type(e).__name__}: {e}): cut short or "
+                                  f"corrupted. Download it again") from e
+    return file
 
 # %% ../nbs/02_mimic.ipynb
 def _sql_str(s) -> str: return "'" + str(s).replace("'", "''") + "'"
@@ -159,12 +188,43 @@ class MimicSource:
         self.con = duckdb.connect()
         try:
             for m in modules: self.con.execute(f"CREATE SCHEMA {m}")
-            for t, f in self.files.items(): self.con.execute(_view_sql(t.replace('/', '.'), f, t, self.headers[t]))
+            for t, f in self.files.items():
+                self.execute(_view_sql(t.replace('/', '.'), f, t, self.headers[t]))
         except Exception: self.con.close(); raise
+
+    @contextlib.contextmanager
+    def reading(self):
+        "A block in which a DuckDB error about one of the source's files becomes an `UnreadableFileError`."
+        import duckdb
+        try: yield
+        except duckdb.Error as e:
+            msg = str(e)
+            # longest path first: 'chartevents.csv' is a prefix of 'chartevents.csv.gz'
+            by_length = sorted(self.files.items(), key=lambda tf: -len(str(tf[1])))
+            hit = next((t for t, f in by_length if str(f) in msg), None)
+            if hit is None: raise                  # a mistake in the SQL, not in a file
+            raise UnreadableFileError(
+                f"Cannot read {self.files[hit]} (table {hit}): {msg.strip().splitlines()[0]}. "
+                f"Is the file whole? An interrupted download or copy cuts it short (`gzip -t` checks "
+                f"a .csv.gz); download it again"
+            ) from e
+
+    def execute(self, query: str, **params):
+        "Run `query` on the connection (`$name` placeholders filled from `params`), errors about files named."
+        with self.reading(): return self.con.execute(query, params or None)
 
     def sql(self, query: str, **params) -> pd.DataFrame:
         "Run `query` (DuckDB SQL; `$name` placeholders are filled from `params`) and return a DataFrame."
-        return self.con.execute(query, params or None).df()
+        with self.reading(): return self.con.execute(query, params or None).df()
+
+    def fingerprint(self, hash_below: int = HASH_BELOW) -> dict[str, str]:
+        "`file_fingerprint` of each table file, by its name in the folder: the key of what is built on them."
+        return {str(f.relative_to(self.path)): file_fingerprint(f, hash_below) for f in self.files.values()}
+
+    def verify(self, below: int = VERIFY_BELOW) -> list[Path]:
+        "`check_gzip` every .csv.gz of the source up to `below` bytes; the files checked."
+        small = [f for f in self.files.values() if f.name.endswith('.csv.gz') and f.stat().st_size <= below]
+        return [check_gzip(f) for f in small]
 
     def tables(self) -> list[str]:
         "The view names, e.g. 'icu.icustays'."
@@ -177,7 +237,8 @@ class MimicSource:
             missing, extra = check_columns(t, self.headers[t])
             rows.append(dict(table=t, file=str(f.relative_to(self.path)), n_columns=len(self.headers[t]),
                              missing_columns=missing, extra_columns=extra))
-            if n_rows: rows[-1]['n_rows'] = self.con.execute(f"SELECT count(*) FROM {t.replace('/', '.')}").fetchone()[0]
+            if n_rows:
+                rows[-1]['n_rows'] = int(self.sql(f"SELECT count(*) AS n FROM {t.replace('/', '.')}").n[0])
         return pd.DataFrame(rows)
 
     def close(self): self.con.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (Profile, get_profile, profile_knobs, processed_dir, results_dir, build_once, provenance,
+from .core import (upstream_key, Profile, get_profile, profile_knobs, processed_dir, results_dir, build_once, provenance,
                               module_fingerprint, read_meta, derive_seed, source_label, digest)
 from .mimic import MimicSource, build_raw_data
 from .synthicu import FEATURES
@@ -23,10 +23,10 @@ from .env import SepsisEnv, make_env, run_episodes, clinician_policy
 from .agent_eval import evaluate_agent, eval_episodes, checkpoint_tag
 
 # %% auto 0
-__all__ = ['OOD_KNOBS', 'METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'load_or_build_site_b_episodes', 'site_summary',
-           'site_comparison', 'out_of_range', 'range_note', 'ood_knobs', 'site_episodes', 'clinician_row', 'run_tag',
-           'agent_row', 'curriculum_checkpoints', 'checkpoint_id', 'true_clinician_row', 'policy_table', 'fmt_numbers',
-           'ood_markdown']
+__all__ = ['OOD_KNOBS', 'METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'site_fingerprint',
+           'load_or_build_site_b_episodes', 'site_summary', 'site_comparison', 'out_of_range', 'range_note',
+           'ood_knobs', 'site_episodes', 'clinician_row', 'run_tag', 'agent_row', 'curriculum_checkpoints',
+           'checkpoint_id', 'true_clinician_row', 'policy_table', 'fmt_numbers', 'ood_markdown']
 
 # %% ../nbs/45_ood.ipynb
 def check_site_dir(path: Path | str, # a folder that should hold hosp/ and icu/
@@ -47,12 +47,15 @@ def site_b_dir(profile: Profile | str | None = None, # profile (name); None: $SE
 
 def site_cohort(path: Path | str, # a MIMIC-IV-format folder (hosp/, icu/)
                ) -> Cohort:
-    "The Sepsis-3 cohort of `path` by `cohort.build_cohort`; an error naming the path if it is empty."
+    "The Sepsis-3 cohort of `path` by `cohort.build_cohort` (its errors name the file or the empty step)."
     path = check_site_dir(path, 'MIMIC-IV-format site')
-    with MimicSource(path, tables=REQUIRED_TABLES) as src: c = build_cohort(src)
-    if len(c.stays) == 0:
-        raise ValueError(f"The cohort of {path} is empty ({len(c.all_stays)} ICU stays, none kept): cohort flow\n{c.flow.to_string(index=False)}")
-    return c
+    with MimicSource(path, tables=REQUIRED_TABLES) as src:
+        src.verify()                     # a damaged file is named before any work; an empty cohort raises in build_cohort
+        return build_cohort(src)
+
+def site_fingerprint(path: Path | str) -> dict:
+    "The key of a site's source files (names, contents or sizes and times), as `03_cohort` keys site A's."
+    with MimicSource(check_site_dir(path, 'MIMIC-IV-format site'), tables=REQUIRED_TABLES) as src: return src.fingerprint()
 
 # %% ../nbs/45_ood.ipynb
 def load_or_build_site_b_episodes(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE
@@ -63,8 +66,8 @@ def load_or_build_site_b_episodes(profile: Profile | str | None = None, # profil
     ep_a = load_or_build_episodes(prof)
     path = site_b_dir(prof)
     inputs = dict(code=module_fingerprint('sepsisagent.ood'), cohort_code=module_fingerprint('sepsisagent.cohort'),
-                  episodes_code=module_fingerprint('sepsisagent.episodes'), source=str(path),
-                  source_built=(read_meta(path.parent) or {}).get('created'), site_a_episodes=read_meta(processed_dir(prof) / 'episodes'))
+                  episodes_code=module_fingerprint('sepsisagent.episodes'), source=path.name,
+                  source_files=site_fingerprint(path), site_a_episodes=upstream_key(processed_dir(prof) / 'episodes'))
     def build(tmp: Path):
         c = site_cohort(path)
         save_episodes(fitted_episodes(c, ep_a.scalers, ep_a.bins), c, tmp)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta,
+from .core import (upstream_key, Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta,
                               launch_rank)
 from .env import SepsisEnv, make_env
 from .agent import run_agent
@@ -203,8 +203,8 @@ def load_or_train_stage3(profile: Profile | str | None = None,
     prof = get_profile(profile)
     knobs = rl_knobs(prof, **overrides)
     base = Path(base) if base is not None else Path(load_or_train_stage2(prof))
-    wm = read_meta(results_dir(prof, 'models') / f'wm_{prof.wm_backbone}.pt') or {}
     inputs = dict(code=module_fingerprint('sepsisagent.rl'), agent=module_fingerprint('sepsisagent.agent'), knobs=knobs,
-                  base=checkpoint_inputs(base), world_model=wm.get('created'))
+                  base=checkpoint_inputs(base),
+                  world_model=upstream_key(results_dir(prof, 'models') / f'wm_{prof.wm_backbone}.pt'))
     return build_once(results_dir(prof, 'models') / 'stage3', lambda tmp: train_stage3(base, tmp, prof, knobs),
                       provenance(prof, **inputs), force=force)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
+from .core import (upstream_key, Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
                              derive_seed, read_meta, digest)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label, history_sections, treatment_history,
                                  patient_info, simulation_result_text, _patient)
@@ -43,22 +43,20 @@ _SHARED = dict(style='compact', last_k=3, memory='step',
 CURRICULUM: dict[str, dict] = {
     'quick': dict(_SHARED,
                   s1_n_forecast=120, s1_n_ihm=48, s1_n_vr=72, s1_epochs=1, s1_lr=3e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
-                  s1_max_minutes=None,
-                  s2_episodes=6, s2_rationale='short', s2_pack=True, s2_epochs=1, s2_lr=3e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=None,
+                  s2_episodes=6, s2_rationale='short', s2_pack=True, s2_epochs=1, s2_lr=3e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1,
                   eval_outcome_n=64, eval_forecast_n=8, eval_bc_n=8, forecast_max_new_tokens=None, bc_max_new_tokens=96),
     'default': dict(_SHARED,
                     s1_n_forecast=1100, s1_n_ihm=350, s1_n_vr=350, s1_epochs=1, s1_lr=2e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
-                    s1_max_minutes=5.5,
-                    s2_episodes=40, s2_rationale='short', s2_pack=True, s2_epochs=2, s2_lr=2e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=12,
+                    s2_episodes=40, s2_rationale='short', s2_pack=True, s2_epochs=2, s2_lr=2e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1,
                     eval_outcome_n=200, eval_forecast_n=48, eval_bc_n=32, forecast_max_new_tokens=None, bc_max_new_tokens=96),
     'paper': dict(_SHARED, style='paper', memory='step', lora=True, max_length=8192, gradient_checkpointing=True, logging_steps=10,
                   s1_n_forecast=20_000, s1_n_ihm=10_000, s1_n_vr=10_000, s1_epochs=1, s1_lr=1e-4, s1_batch=4, s1_grad_accum=8,
-                  s1_max_steps=-1, s1_max_minutes=None,
-                  s2_episodes=4_000, s2_rationale='full', s2_pack=True, s2_epochs=2, s2_lr=1e-4, s2_batch=4, s2_grad_accum=8, s2_max_steps=-1, s2_max_minutes=None,
+                  s1_max_steps=-1,
+                  s2_episodes=4_000, s2_rationale='full', s2_pack=True, s2_epochs=2, s2_lr=1e-4, s2_batch=4, s2_grad_accum=8, s2_max_steps=-1,
                   eval_outcome_n=2_000, eval_forecast_n=500, eval_bc_n=500, forecast_max_new_tokens=None, bc_max_new_tokens=1024),
 }
 
-TRAIN_STAGE_ARGS = ('epochs', 'lr', 'batch', 'grad_accum', 'max_steps', 'max_minutes')
+TRAIN_STAGE_ARGS = ('epochs', 'lr', 'batch', 'grad_accum', 'max_steps')
 TRAIN_SHARED_ARGS = ('lora', 'lora_r', 'lora_alpha', 'lora_dropout', 'max_length', 'gradient_checkpointing', 'lr_scheduler',
                      'warmup_ratio', 'weight_decay', 'logging_steps')
 PROMPT_KNOBS = ('style', 'last_k', 'memory')
@@ -259,7 +257,7 @@ def to_dataset(examples: list[dict], # chat examples with `prompt` and `completi
     return Dataset.from_list(rows)
 
 # %% ../nbs/30_stage1_sft.ipynb
-TRAIN_DEFAULTS = dict(epochs=1, lr=1e-3, batch=8, grad_accum=1, max_steps=-1, max_minutes=None, lr_scheduler='cosine', warmup_ratio=0.05,
+TRAIN_DEFAULTS = dict(epochs=1, lr=1e-3, batch=8, grad_accum=1, max_steps=-1, lr_scheduler='cosine', warmup_ratio=0.05,
                       weight_decay=0.0, lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, max_length=None,
                       gradient_checkpointing=False, logging_steps=1)
 
@@ -284,21 +282,7 @@ def distributed_knobs(k: dict) -> dict:
     if k['grad_accum'] % world:
         raise ValueError(f"grad_accum ({k['grad_accum']}) must be a multiple of the {world} launched processes, so the global batch stays "
                          f"batch x grad_accum; change the stage's grad_accum knob or the number of processes")
-    if k['max_minutes'] is not None:
-        raise ValueError("max_minutes stops each process on its own clock, which would leave the others waiting: under a distributed "
-                         "launch set max_minutes=None and bound training with epochs or max_steps")
     return k | dict(grad_accum=k['grad_accum'] // world)
-
-def _time_limit_callback(seconds: float | None):
-    from transformers import TrainerCallback
-    class TimeLimit(TrainerCallback):
-        "Stop training at the end of the step that crosses `seconds`."
-        def __init__(self): self.seconds, self.t0, self.stopped = seconds, None, False
-        def on_train_begin(self, args, state, control, **kw): self.t0 = time.time()
-        def on_step_end(self, args, state, control, **kw):
-            if self.seconds is not None and time.time() - self.t0 > self.seconds:
-                control.should_training_stop, self.stopped = True, True
-    return TimeLimit()
 
 def _bar_only_callback():
     from transformers import ProgressCallback
@@ -350,8 +334,7 @@ def _sft_trainer(base_path, train_dataset, out_dir, seed, k):
     if quiet:
         import datasets
         datasets.disable_progress_bars()
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tok, peft_config=peft_config,
-                         callbacks=[_time_limit_callback(None if k['max_minutes'] is None else 60.0 * k['max_minutes'])])
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tok, peft_config=peft_config)
     trainer.remove_callback(PrinterCallback); trainer.remove_callback(ProgressCallback)
     if not quiet: trainer.add_callback(_bar_only_callback())    # a progress bar, without a printed dict per logging step
     return trainer, tok
@@ -384,7 +367,6 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
               batch: int = 8, # examples per device step
               grad_accum: int = 1, # steps per optimizer update
               max_steps: int = -1, # optimizer updates; -1: epochs decide
-              max_minutes: float | None = None, # wall-clock cap on training
               lr_scheduler: str = 'cosine', warmup_ratio: float = 0.05, weight_decay: float = 0.0,
               lora: bool = False, # True: train a LoRA adapter (saved in out_dir/adapter) and save the merged model
               lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
@@ -395,7 +377,7 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
               log_extra: dict | None = None, # more facts for training_log.json (data counts, ...)
              ) -> dict:
     "Supervised fine-tuning with TRL (loss on the answers only); saves the checkpoint and training_log.json in `out_dir`."
-    kn = dict(epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, max_steps=max_steps, max_minutes=max_minutes, lr_scheduler=lr_scheduler,
+    kn = dict(epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, max_steps=max_steps, lr_scheduler=lr_scheduler,
               warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
               max_length=max_length, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps)
     out = Path(out_dir)
@@ -413,7 +395,6 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
             trainer.train()
             seconds = time.time() - t0
             after = probe_loss(trainer)
-            stopped = any(getattr(cb, 'stopped', False) for cb in trainer.callback_handler.callbacks)
             main = trainer.accelerator.is_main_process           # under a distributed launch only rank 0 writes
             model = trainer.model
             if main: out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +407,7 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
         shutil.rmtree(scratch, ignore_errors=True)
     hist = [dict(h) for h in st.log_history]
     log = dict(base=str(base_path), knobs=kn, seed=int(seed), n_examples=len(ds), steps=int(st.global_step), epochs_done=float(st.epoch or 0),
-               stopped_by_time=bool(stopped), train_seconds=seconds, prepare_seconds=t_prep,
+               train_seconds=seconds, prepare_seconds=t_prep,
                tokens=dict(total=n_tok, answer=n_ans, seen=int(st.num_input_tokens_seen or 0), max_sequence=int(max(len(x) for x in ds['input_ids']))),
                losses=[dict(step=int(h['step']), loss=float(h['loss'])) for h in hist if 'loss' in h],
                probe_loss_before=before, probe_loss_after=after, log_history=hist, **(log_extra or {}))
@@ -562,13 +543,12 @@ def checkpoint_inputs(path: str | Path) -> dict:
     "What identifies a checkpoint for a cache key: its provenance (built here) or its files' sizes and times (downloaded)."
     p = Path(path)
     meta = read_meta(p)
-    if meta is not None: return dict(path=str(p), created=meta.get('created'), inputs=digest(meta.get('inputs')))
-    return dict(path=str(p), files=digest({f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(p.iterdir()) if f.is_file()}))
+    if meta is not None: return dict(inputs=upstream_key(p))     # not its path or build time: a clone elsewhere is the same model
+    return dict(name=p.name, files=digest({f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()}))
 
 def episodes_inputs(prof: Profile) -> dict:
     "The episodes' provenance, for cache keys."
-    meta = json.loads((processed_dir(prof) / 'episodes.meta.json').read_text())
-    return dict(created=meta['created'], inputs=digest(meta['inputs']))
+    return dict(inputs=upstream_key(processed_dir(prof) / 'episodes'))
 
 def library_versions() -> dict:
     import transformers, trl, peft, datasets

@@ -17,8 +17,8 @@ from .ope import N_ACTIONS, one_hot
 from .env import SepsisEnv, state_sofa, shaped_reward, SOFA_WINDOW
 from .worldmodel import URINE, destandardize, expected_next, two_hot
 from .prompts import fmt_value
-from .agent import (Backend, Reply, tool_call_text, env_state_batch, parse_simulation_candidates, _json,
-                               MAX_CANDIDATES)
+from .agent import (Backend, Reply, ParseFailure, tool_call_text, env_state_batch,
+                               parse_simulation_candidates, _json, state_digest, MAX_CANDIDATES)
 
 # %% auto 0
 __all__ = ['RATIONALES', 'allowed_actions', 'propose_candidates', 'candidate_scores', 'env_current', 'lookahead',
@@ -136,7 +136,8 @@ def _last_candidates(conv: list) -> list | None:
             fn = m['tool_calls'][0]['function']
             if fn.get('name') != 'simulation': return None
             args, err = _json(fn['arguments'])
-            return parse_simulation_candidates(args) if err is None else None
+            c = parse_simulation_candidates(args) if err is None else None
+            return None if isinstance(c, ParseFailure) else c
     return None
 
 class WorldModelTeacher(Backend):
@@ -151,6 +152,12 @@ class WorldModelTeacher(Backend):
         self.env, self.behaviour, self.mortality_weight, self.name, self.rationale = env, behaviour, mortality_weight, name, rationale
         self.own = {}                           # (stay_id, sample) -> {step: (v, f)} the teacher's prescriptions
         self.n_calls = self.n_proposals = self.n_prescriptions = 0
+
+    @property
+    def identity(self) -> dict:
+        "What decides its replies besides the env (keyed by the loop): its knobs, its behaviour policy."
+        return dict(mortality_weight=self.mortality_weight, rationale=self.rationale,
+                    behaviour=state_digest(self.behaviour))
 
     def _history(self, rows, samples, t):
         "prev_vaso and fluid_before of each decision from the teacher's own prescriptions (env actions where it has none)."

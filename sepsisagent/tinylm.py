@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint, derive_seed, seed_everything
+from .core import upstream_key, Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint, derive_seed, seed_everything
 from .prompts import (TOOLS, STYLES, SYSTEM_LINE, system_prompt_text, tool_block, user_prompt_text, simulation_result_text,
                                  prescription_response_text, patient_info, render_conversation_start, token_estimate)
 from .baselines import StateBatch, logged_states
@@ -284,9 +284,8 @@ def load_or_build_tiny_model(profile: Profile | str | None = None, # profile (na
     prof = get_profile(profile)
     sizes = tiny_sizes(prof)
     ep = load_or_build_episodes(prof)
-    ep_meta = json.loads((processed_dir(prof) / 'episodes.meta.json').read_text())
     import transformers, tokenizers
-    inputs = dict(code=module_fingerprint('sepsisagent.tinylm'), sizes=sizes, episodes=ep_meta['created'], episodes_inputs=ep_meta['inputs'],
+    inputs = dict(code=module_fingerprint('sepsisagent.tinylm'), sizes=sizes, episodes=upstream_key(processed_dir(prof) / 'episodes'),
                   transformers=transformers.__version__, tokenizers=tokenizers.__version__)
     return build_once(results_dir(prof, 'models') / 'tinylm', lambda tmp: build_tiny_model(ep, sizes, prof.seed, tmp),
                       provenance(prof, **inputs), force=force)

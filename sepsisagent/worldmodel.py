@@ -4,8 +4,8 @@
 
 # %% ../nbs/10_worldmodel.ipynb 2
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, asdict, field
+import hashlib, json, math, time
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .core import (Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint,
-                              derive_seed, seed_everything, progress, get_device, read_meta)
+                              derive_seed, seed_everything, progress, get_device, upstream_key)
 from .synthicu import FEATURES
 from .episodes import Episodes, MASKS, STATICS, load_or_build_episodes
 
@@ -23,7 +23,7 @@ from .episodes import Episodes, MASKS, STATICS, load_or_build_episodes
 __all__ = ['BACKBONES', 'N_OBS', 'N_MASK', 'N_STATIC', 'N_ACTION', 'RELEASED_STATE_KEYS', 'RELEASED_OUTCOME_KEYS', 'URINE',
            'WorldModelConfig', 'two_hot', 'CausalTransformer', 'WindowEncoder', 'StateModel', 'OutcomeModel',
            'load_released_weights', 'EpisodeArrays', 'measured_weights', 'state_loss', 'outcome_loss', 'fit',
-           'z_bounds', 'destandardize', 'WorldModel', 'train_world_model', 'load_or_train_world_model',
+           'z_bounds', 'destandardize', 'WorldModel', 'train_world_model', 'load_or_train_world_model', 'weights_hash',
            'one_step_predictions', 'expected_next', 'ece', 'rollout_mae', 'evaluate_world_model', 'standardize_raw',
            'simulator_noise_floor']
 
@@ -43,13 +43,12 @@ class WorldModelConfig:
     heads: int = 4                  # attention heads (transformer only)
     state_window: int = 6           # steps the state model reads
     outcome_window: int = 12        # steps the outcome model reads
-    epochs: int = 30
+    epochs: int = 30                # training budget per network: a count, so weights never depend on the machine's load
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-5
     residual: bool = True           # mu = last state + mu_head(...) (ours; the published model predicts mu directly: False)
     patience: int = 4               # epochs without validation improvement before stopping
-    minutes: float = 2.5            # wall-clock budget per network
     seed: int = 0
     features: tuple = tuple(FEATURES)
     masks: tuple = tuple(MASKS)
@@ -64,7 +63,7 @@ class WorldModelConfig:
     def for_profile(cls, profile: Profile, backbone: str | None = None, **kw) -> 'WorldModelConfig':
         "The configuration a profile trains, for `backbone` (default: the profile's)."
         return cls(backbone=backbone or profile.wm_backbone, hidden=profile.wm_hidden, epochs=profile.wm_epochs,
-                   minutes=profile.wm_minutes, seed=derive_seed(profile.seed, 'worldmodel', backbone or profile.wm_backbone), **kw)
+                   seed=derive_seed(profile.seed, 'worldmodel', backbone or profile.wm_backbone), **kw)
 
 # %% ../nbs/10_worldmodel.ipynb
 def two_hot(actions) -> torch.Tensor:
@@ -247,12 +246,11 @@ def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, tra
             opt.zero_grad(); loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
             tr.append(loss.item())
-            if time.perf_counter() - t0 > 60 * cfg.minutes: break     # the budget binds mid-epoch too (slow backbones)
         v = evaluate()
         history.append(dict(epoch=epoch, train_loss=float(np.mean(tr)), val_loss=v, seconds=time.perf_counter() - t0))
         if v < best - 1e-4: best, best_state, bad = v, {k: x.detach().clone() for k, x in model.state_dict().items()}, 0
         else: bad += 1
-        if bad >= cfg.patience or time.perf_counter() - t0 > 60 * cfg.minutes: break
+        if bad >= cfg.patience: break
     model.load_state_dict(best_state)
     return history
 
@@ -323,6 +321,7 @@ def train_world_model(ep: Episodes, cfg: WorldModelConfig, device: str = 'cpu', 
     t2 = time.perf_counter()
     lo, hi = z_bounds(ep.scalers)
     info = dict(state_history=h_state, outcome_history=h_out, state_seconds=t1 - t0, outcome_seconds=t2 - t1,
+                state_epochs=len(h_state), outcome_epochs=len(h_out),
                 train_transitions=len(train.transitions()), device=device)
     return WorldModel(state.cpu(), outcome.cpu(), cfg, lo, hi, dict(meta or {}, **{k: v for k, v in info.items() if 'history' not in k})), info
 
@@ -331,8 +330,8 @@ def load_or_train_world_model(profile: Profile | str | None = None, backbone: st
     profile = get_profile(profile)
     cfg = WorldModelConfig.for_profile(profile, backbone)
     ep = load_or_build_episodes(profile)
-    ep_meta = read_meta(processed_dir(profile) / 'episodes')
-    inputs = dict(code=module_fingerprint('sepsisagent.worldmodel'), config=asdict(cfg), episodes=ep_meta['created'])
+    inputs = dict(code=module_fingerprint('sepsisagent.worldmodel'), config=asdict(cfg),
+                  episodes=upstream_key(processed_dir(profile) / 'episodes'))
     path = results_dir(profile, 'models') / f'wm_{cfg.backbone}.pt'
     def build(tmp: Path):
         wm, info = train_world_model(ep, cfg, get_device(profile), meta=dict(profile=profile.name, backbone=cfg.backbone))
@@ -341,6 +340,14 @@ def load_or_train_world_model(profile: Profile | str | None = None, backbone: st
             dict(state=info['state_history'], outcome=info['outcome_history']), indent=1))
     build_once(path, build, provenance(profile, **inputs), force=force)
     return WorldModel.load(path, expect_features=FEATURES, expect_profile=profile.name)
+
+# %% ../nbs/10_worldmodel.ipynb
+def weights_hash(wm: WorldModel) -> str:
+    "A hash of every weight of the state and outcome models: equal hashes, identical networks."
+    h = hashlib.sha256()
+    for net in (wm.state, wm.outcome):
+        for k, v in net.state_dict().items(): h.update(k.encode() + v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/10_worldmodel.ipynb
 def _batched(fn, n: int, bs: int = 4096):

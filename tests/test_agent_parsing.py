@@ -1,11 +1,14 @@
 """Property tests of the agent's tool-call parsers: whatever a model writes, they never raise, return a ToolCall or a
-ParseFailure of a known kind, and simulation candidates are always 1..3 level pairs within 0..4."""
+ParseFailure of a known kind, and simulation candidates are always 1..3 level pairs within 0..4. A number that
+is not an integer level 0..4 never becomes a prescription or a candidate (it is a ParseFailure), unless the
+release's clamping is asked for by name (`clamp=True`)."""
 import json
+import math
 
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from sepsisagent.agent import (Reply, ToolCall, ParseFailure, FAILURE_KINDS, TOOL_NAMES, parse_tool_call, parse_level,
-                               parse_simulation_candidates, parse_prescription, tool_call_text)
+                               parse_simulation_candidates, parse_prescription, tool_call_text, level_number)
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -32,6 +35,9 @@ def _check_call(out):
 
 
 def _check_candidates(c):
+    if isinstance(c, ParseFailure):
+        assert c.kind == 'out_of_range'
+        return
     assert isinstance(c, list) and 1 <= len(c) <= 3
     for pair in c:
         assert isinstance(pair, list) and len(pair) == 2
@@ -76,28 +82,97 @@ def test_candidates_always_valid(args):
 @given(arguments)
 def test_prescription_levels_or_failure(args):
     p = parse_prescription(args)
-    if isinstance(p, ParseFailure): assert p.kind == 'bad_arguments'
+    if isinstance(p, ParseFailure): assert p.kind in ('bad_arguments', 'out_of_range')
     else: assert len(p) == 2 and all(type(x) is int and 0 <= x <= 4 for x in p)
 
 
 @SETTINGS
 @given(huge)
-def test_levels_clamped(x):
-    v = parse_level(x)
-    assert v is None or (type(v) is int and 0 <= v <= 4)
-    assert parse_level(str(x)[:64]) in (None, 0, 1, 2, 3, 4)
+def test_levels_valid_or_failure(x):
+    for y in (x, str(x)[:64]):
+        v = parse_level(y)
+        assert isinstance(v, ParseFailure) or (type(v) is int and 0 <= v <= 4 and v == level_number(y))
+
+
+# numbers that are not levels: beyond 0..4 (far past float range too), non-integral, infinite; numeric strings
+_ints_out = st.one_of(st.integers(max_value=-1), st.integers(min_value=5), st.integers(-10**400, -1),
+                      st.integers(5, 10**400))
+_is_level = lambda x: math.isfinite(x) and x.is_integer() and 0 <= x <= 4
+_floats_out = st.floats(allow_nan=False).filter(lambda x: not _is_level(x))
+_edges = [1e308, -1e308, 2.4, 4.5, -0.5, 1e-300, float('inf'), -float('inf')]
+out_of_range = st.one_of(_ints_out, _floats_out, st.sampled_from(_edges))
+not_levels = st.one_of(out_of_range, out_of_range.map(str), out_of_range.map(lambda x: f" {x!r} "),
+                       st.just(float('nan')),
+                       st.sampled_from(['nan', 'NaN', 'inf', '-Infinity', '1e999', '-1e999', '2.5', '5', '-1',
+                                        '4.000001']))
+levels = st.integers(0, 4)
+
+
+@SETTINGS
+@given(not_levels, levels, st.booleans())
+def test_no_prescription_from_a_number_out_of_range(x, ok, first):
+    assert isinstance(parse_level(x), ParseFailure)
+    args = dict(vasopressor=x, iv_fluid=ok) if first else dict(vasopressor=ok, iv_fluid=x)
+    for a in (args, json.loads(json.dumps(args))):          # as given, and as a model's JSON text decodes
+        p = parse_prescription(a)
+        assert isinstance(p, ParseFailure), (a, p)
+        assert p.kind == ('out_of_range' if level_number(x) is not None else 'bad_arguments')
+    body = _dumps(dict(name='prescription', arguments=args))
+    call = parse_tool_call(Reply(text=f'<tool_call>{body}</tool_call>'))
+    assert not isinstance(call, ToolCall) or isinstance(parse_prescription(call.arguments), ParseFailure)
+
+
+@SETTINGS
+@given(not_levels, levels, st.booleans(), st.sampled_from(['string', 'list', 'dict']))
+def test_no_candidate_from_a_number_out_of_range(x, ok, first, form):
+    pair = [x, ok] if first else [ok, x]
+    as_dict = dict(vasopressor=pair[0], iv_fluid=pair[1])
+    cand = dict(string=f"[{pair[0]},{pair[1]}]", list=pair, dict=as_dict)[form]
+    c = parse_simulation_candidates({'actions': ["[1,1]", cand, [2, 3]]})
+    numeric = len(regex_numbers(cand)) == 2 if form == 'string' else level_number(x) is not None
+    if numeric:
+        assert isinstance(c, ParseFailure) and c.kind == 'out_of_range', (cand, c)   # the whole call: invalid
+    else: assert c == [[1, 1], [2, 3]], (cand, c)                                     # no number: junk
+    alone = parse_simulation_candidates({'actions': [cand]})
+    assert isinstance(alone, ParseFailure) or alone == [[0, 0]]                       # never a pair from x
+
+
+def regex_numbers(s: str) -> list:
+    from sepsisagent.agent import _NUM
+    return _NUM.findall(s)
+
+
+finite_numbers = st.one_of(st.integers(-10**400, 10**400), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@SETTINGS
+@given(finite_numbers, levels, st.booleans())
+def test_clamp_option_still_clamps(x, ok, as_string):
+    y = repr(x) if as_string else x
+    want = int(min(max(round(x), 0), 4))
+    assert parse_level(y, clamp=True) == want
+    assert parse_prescription(dict(vasopressor=y, iv_fluid=ok), clamp=True) == (want, ok)
+    both = parse_simulation_candidates({'actions': [[y, ok], [ok, y]]}, clamp=True)
+    assert both == [[want, ok], [ok, want]]
+    assert parse_simulation_candidates({'actions': [y, ok]}, clamp=True) == [[want, ok]]   # one bare pair
 
 
 @SETTINGS
 @given(st.integers(-10, 10), st.integers(-10, 10), st.integers(-10, 10), st.integers(-10, 10))
 def test_well_formed_calls_round_trip(v, f, v2, f2):
     clamp = lambda x: min(max(x, 0), 4)
+    valid = lambda *xs: all(0 <= x <= 4 for x in xs)
     two = tool_call_text('prescription', vasopressor=v, iv_fluid=f) + tool_call_text('simulation', actions=[f"[{v2},{f2}]"])
     out = parse_tool_call(Reply(text=two))                 # only the first call of a reply counts
     assert out == ToolCall('prescription', {'vasopressor': v, 'iv_fluid': f})
-    assert parse_prescription(out.arguments) == (clamp(v), clamp(f))
+    p = parse_prescription(out.arguments)
+    assert p == (v, f) if valid(v, f) else p.kind == 'out_of_range'
+    assert parse_prescription(out.arguments, clamp=True) == (clamp(v), clamp(f))
     sim = parse_tool_call(Reply(text=tool_call_text('simulation', actions=[f"[{v},{f}]", [v2, f2], "junk", "[1,1]", "[2,2]"])))
-    assert parse_simulation_candidates(sim.arguments) == [[clamp(v), clamp(f)], [clamp(v2), clamp(f2)], [1, 1]]
+    c = parse_simulation_candidates(sim.arguments)
+    assert c == [[v, f], [v2, f2], [1, 1]] if valid(v, f, v2, f2) else c.kind == 'out_of_range'
+    clamped = parse_simulation_candidates(sim.arguments, clamp=True)
+    assert clamped == [[clamp(v), clamp(f)], [clamp(v2), clamp(f2)], [1, 1]]
 
 
 def test_deeply_nested():

@@ -1,11 +1,12 @@
 """The Sepsis-3 cohort on a hand-made MIMIC-IV of a few patients whose onset we know: one stay per edge case."""
-import math, re
+import math, os, re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sepsisagent.mimic import MIMIC_IV_COLUMNS, MimicSource
+from sepsisagent.core import get_profile, processed_dir, read_meta, upstream_key
+from sepsisagent.mimic import MIMIC_IV_COLUMNS, EmptyDataError, MimicSource
 
 cohort = pytest.importorskip('sepsisagent.cohort')
 
@@ -275,21 +276,56 @@ def test_source_opened_without_microbiologyevents_is_a_clear_error(tmp_path):
 
 
 def test_empty_cohort_is_explicit(tmp_path):
-    "Only the paediatric stay: either a clear error, or zero included stays with a flow table that says why."
+    "Only the paediatric stay: an error saying the cohort is empty, which criterion emptied it, and the flow."
     write_fixture(tmp_path, only=[6])
-    try:
-        c = _build(tmp_path)
-    except Exception as e:   # acceptable only if it says the cohort is empty
-        assert re.search(r'no (icu )?stay|empty|zero|none of', str(e), re.I), f'unclear error: {e!r}'
-        return
-    assert len(c.stays) == 0 and list(c.stays.columns)   # an empty frame, columns kept
-    assert len(c.all_stays) == 1 and c.all_stays.exclusion_reason.iloc[0] == NOT_ADULT
-    assert c.flow.remaining.iloc[0] == 1 and c.flow.remaining.iloc[-1] == 0 and c.flow.excluded.sum() == 1
+    with pytest.raises(EmptyDataError) as e:
+        _build(tmp_path)
+    msg = str(e.value)
+    assert re.search(r'cohort of .* is empty: all 1 ICU stays are excluded, the last 1 as .not adult', msg)
+    assert 'Empty on the way' not in msg       # nothing is empty: the patient is a child
+    assert re.search(r'excluded: not adult +0 +1', msg), msg
+
+
+def test_cohort_cache_follows_the_files(tmp_path, monkeypatch):
+    "Keyed by the files' content, not the folder: touched is a hit; repaired in place, it is rebuilt."
+    root = tmp_path / 'mimic'
+    write_fixture(root, only=[1, 2])
+    monkeypatch.setenv('SEPSISAGENT_DATA', str(tmp_path / 'data'))
+    prof = get_profile('quick', source='mimic', mimic_dir=str(root))
+    builds = []
+    real = cohort.build_cohort
+    monkeypatch.setattr(cohort, 'build_cohort', lambda src, **kw: builds.append(1) or real(src, **kw))
+    charlson = lambda c: c.stays.set_index('stay_id').charlson_comorbidity_index.to_dict()
+    before = charlson(cohort.load_or_build_cohort(prof))
+    meta = lambda: read_meta(processed_dir(prof) / 'cohort')
+    key, tables = upstream_key(processed_dir(prof) / 'cohort'), meta()['inputs']['tables']
+    assert len(builds) == 1 and meta()['source'] == str(root.resolve()) and 'source' not in meta()['inputs']
+    cohort.load_or_build_cohort(prof)
+    os.utime(root / 'icu' / 'chartevents.csv.gz', ns=(10**18, 10**18))     # touched, same bytes
+    cohort.load_or_build_cohort(prof)
+    assert len(builds) == 1
+    # repaired in place: a diagnosis of stay 1002's admission was missing (heart failure: Charlson + 1)
+    dx = root / 'hosp' / 'diagnoses_icd.csv.gz'
+    rows = pd.read_csv(dx, dtype=str)
+    new = pd.DataFrame([dict(subject_id='2', hadm_id='102', seq_num='1', icd_code='I5023', icd_version='10')])
+    pd.concat([rows, new]).to_csv(dx, index=False, compression='gzip')
+    after = charlson(cohort.load_or_build_cohort(prof))
+    assert len(builds) == 2 and after == before | {1002: before[1002] + 1}
+    changed = [k for k, v in meta()['inputs']['tables'].items() if v != tables[k]]
+    assert changed == ['hosp/diagnoses_icd.csv.gz']
+    key2 = upstream_key(processed_dir(prof) / 'cohort')
+    assert key2 != key
+    cohort.load_or_build_cohort(prof)
+    assert len(builds) == 2
+    cohort.load_or_build_cohort(prof, force=True)          # rebuilt from the same files: the same key
+    assert len(builds) == 3 and upstream_key(processed_dir(prof) / 'cohort') == key2
 
 
 def test_missing_urine_is_not_anuria(tmp_path):
     "A stay with no urine charted at all must not score renal 4 after 24 h: missing data is not anuria."
     f = Fixture()
+    septic = f.stay(1, los_h=30)        # so that the cohort is not empty (an empty one is an error)
+    f.culture(septic, -0.5); f.antibiotic(septic, 1.5); f.norepinephrine(septic, 0.2, 2, 10)
     s = f.stay(12, los_h=48, urine=False)
     f.antibiotic(s, 2, 'Cefepime'); f.culture(s, 2)
     f.write(tmp_path)

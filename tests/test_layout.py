@@ -57,3 +57,46 @@ def test_readme_quick_start_is_exactly_the_two_commands():
 
 def test_ci_runs_make_test():
     assert 'make test' in (ROOT / '.ci' / 'run').read_text()
+
+
+def _code_cells(nb: Path) -> list[str]:
+    return [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+
+
+def test_every_result_file_has_one_writer():
+    "One file, one writer: a table or figure written by two notebooks depends on which ran last."
+    writers: dict[str, set] = {}
+    for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+        for line in '\n'.join(_code_cells(nb)).splitlines():
+            if re.search(r'write_text\(|to_csv\(|savefig\(', line) and re.search(r'tab|fig|results_dir\(|\bout\b', line):
+                if re.search(r"\bout /", line): continue            # an artifact's own folder, not results/
+                for name in re.findall(r"'([\w.-]+\.(?:md|csv|png))'", line):
+                    writers.setdefault(name, set()).add(nb.name)
+    assert writers.get('main.md') == {'43_truth.ipynb'}, writers.get('main.md')
+    shared = {k: sorted(v) for k, v in writers.items() if len(v) > 1}
+    assert not shared, f'written by more than one notebook: {shared}'
+
+
+def test_no_training_budget_in_seconds():
+    "Budgets are epochs, updates or steps: a wall-clock cap trains other weights on a busy machine."
+    src = '\n'.join(s for nb in sorted((ROOT / 'nbs').glob('*.ipynb')) for s in _code_cells(nb))
+    for pattern in (r'max_minutes', r'wm_minutes', r'cfg\.minutes', r'max_seconds', r'time_limit'):
+        assert not re.search(pattern, src), f'a wall-clock training budget ({pattern}) is back'
+
+
+def test_paper_checks_profile_before_the_first_notebook():
+    "`make paper` resolves the profile and its overrides, and the results folder, before running anything."
+    import subprocess, sys
+    recipe = (ROOT / 'Makefile').read_text().split('\npaper:')[1].split('\ntest:')[0]
+    assert recipe.index('sepsisagent.core check') < recipe.index('papermill'), 'the check must come first'
+    assert 'results/$(PROFILE)' not in recipe, 'executed notebooks go to the folder the code reports, not a hard-coded one'
+    run = lambda *a, **env: subprocess.run([sys.executable, '-m', 'sepsisagent.core', *a], capture_output=True, text=True,
+                                          cwd=ROOT, env={**__import__('os').environ, **env})
+    bad = run('check', 'bogus')
+    assert bad.returncode and 'bogus' in bad.stderr and 'quick' in bad.stderr
+    typo = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"wm_epoch": 2}')
+    assert typo.returncode and 'wm_epoch' in typo.stderr
+    wrong = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"wm_epochs": "two"}')
+    assert wrong.returncode and 'wm_epochs' in wrong.stderr
+    ok = run('check', 'quick')
+    assert ok.returncode == 0 and ok.stdout.strip().endswith('quick'), ok.stderr

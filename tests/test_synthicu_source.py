@@ -96,3 +96,33 @@ def test_same_seed_same_hospital(tmp_path):
         b = (tmp_path / 'b' / f'{t}.csv.gz')
         import gzip
         assert gzip.decompress(a.read_bytes()) == gzip.decompress(b.read_bytes()), t
+
+
+def test_episodes_chain_on_what_the_cohort_was_built_from(quick_root, tmp_path, monkeypatch):
+    "A cohort rebuilt from the same files keeps the episodes; a table changed in place rebuilds both."
+    import pandas as pd
+    from sepsisagent import cohort, episodes
+    from sepsisagent.core import processed_dir, read_meta, upstream_key
+    root = tmp_path / 'mimic'
+    for m in ('hosp', 'icu'): shutil.copytree(quick_root / m, root / m)
+    monkeypatch.setenv('SEPSISAGENT_DATA', str(tmp_path / 'data'))
+    prof = get_profile('quick', source='mimic', mimic_dir=str(root))
+    builds = []
+    for mod, name in ((cohort, 'build_cohort'), (episodes, 'build_episodes')):
+        def counted(*a, _real=getattr(mod, name), _name=name, **kw):
+            builds.append(_name)
+            return _real(*a, **kw)
+        monkeypatch.setattr(mod, name, counted)
+    ep = processed_dir(prof) / 'episodes'
+    before = episodes.load_or_build_episodes(prof)
+    meta, key = read_meta(ep), upstream_key(processed_dir(prof) / 'cohort')
+    assert builds == ['build_cohort', 'build_episodes'] and meta['inputs']['cohort'] == key
+    cohort.load_or_build_cohort(prof, force=True)          # the same files, built again
+    episodes.load_or_build_episodes(prof)
+    assert builds == ['build_cohort', 'build_episodes', 'build_cohort'] and read_meta(ep) == meta
+    dx = root / 'hosp' / 'diagnoses_icd.csv.gz'             # every diagnosis lost, in place
+    pd.read_csv(dx, dtype=str, keep_default_na=False)[:0].to_csv(dx, index=False, compression='gzip')
+    after = episodes.load_or_build_episodes(prof)
+    assert builds[3:] == ['build_cohort', 'build_episodes']
+    assert read_meta(ep)['inputs']['cohort'] == upstream_key(processed_dir(prof) / 'cohort') != key
+    assert after.stays.charlson_comorbidity_index.sum() < before.stays.charlson_comorbidity_index.sum()
