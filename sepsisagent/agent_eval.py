@@ -203,7 +203,7 @@ def agent_truth(hospital, # the built `SynthICU`
                       true_value_se=float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
 
 # %% ../nbs/44_agent_eval.ipynb
-PAPER_ABLATION = pd.DataFrame([   # upstream.md section 8 (MIMIC-IV, Qwen3-4B base)
+PAPER_ABLATION = pd.DataFrame([   # paper, ablation table (MIMIC-IV, Qwen3-4B base; `paper.ipynb`, Ablation)
     ('Qwen3-4B-Instruct', 7.79, 7.34, 18.76, 78.00, 2.75, 65.27, 45.01, 70.62, 61.74),
     ('+ Stage I SFT', 9.21, 7.17, 19.56, 88.01, 1.09, 67.50, 50.25, 76.40, 65.11),
     ('+ Stage II BC', 8.99, 6.81, 19.61, 96.89, 0.51, 67.55, 46.63, 74.56, 63.70),

@@ -77,7 +77,7 @@ def state_sofa(state: np.ndarray, # [N, 39] raw state scored, of step t (imputed
                            f['gcs_eye'] + f['gcs_verbal'] + f['gcs_motor'], f['creatinine'], urine24, vaso_level=vaso_level)
 
 def shaped_reward(sofa_now, sofa_next, lactate_now, lactate_next) -> np.ndarray:
-    "Raghu et al.'s intermediate reward (upstream.md §5)."
+    "Raghu et al.'s intermediate reward, as the paper uses it (`paper.ipynb`, Reward)."
     d = sofa_next - sofa_now
     return -0.025 * ((d == 0) & (sofa_now > 0)) - 0.125 * d - 2 * np.tanh(lactate_next - lactate_now)
 

@@ -5,7 +5,7 @@
 # %% auto 0
 __all__ = ['openai_error', 'error_param', 'validation_error', 'text_content', 'CalledFunction', 'AssistantToolCall',
            'ChatMessage', 'FunctionDef', 'ToolDef', 'ChatCompletionRequest', 'backend_messages', 'BodyGuard',
-           'make_app', 'LocalServer', 'make_server', 'start_server', 'serve', 'serve_main']
+           'make_app', 'h11_with_header_timeout', 'LocalServer', 'make_server', 'start_server', 'serve', 'serve_main']
 
 # %% ../nbs/25_serve.ipynb
 import asyncio
@@ -256,16 +256,33 @@ def make_app(backend: Backend, # answers the conversations (any `Backend`)
     return app
 
 # %% ../nbs/25_serve.ipynb
+def h11_with_header_timeout(seconds: float, # time a new connection has to send its first request's headers
+                           ) -> type:
+    "uvicorn's h11 protocol, closing connections whose first request's headers are late."
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    class HeaderTimeoutH11(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.header_timer = self.loop.call_later(seconds, self.headers_late)
+        def headers_late(self):
+            if self.cycle is None and not self.transport.is_closing(): self.transport.close()
+        def connection_lost(self, exc):
+            self.header_timer.cancel()
+            super().connection_lost(exc)
+    return HeaderTimeoutH11
+
 class LocalServer:
     "A uvicorn server of an ASGI app on a socket bound at construction: `url`, then `run` or `start`/`stop`."
     def __init__(self, app, # the ASGI app (`make_app`)
                  host: str = '127.0.0.1', # loopback only unless told otherwise
                  port: int = 0, # 0: any free port
                  backlog: int = 2048, # connections the kernel queues before the server accepts them
+                 header_timeout: float = 30.0, # seconds a new connection has to send its request's headers
                 ):
         family = socket.AF_INET6 if ':' in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=backlog)
-        config = uvicorn.Config(app, http='h11', log_config=None, log_level='warning', access_log=False,
+        http = h11_with_header_timeout(header_timeout)
+        config = uvicorn.Config(app, http=http, log_config=None, log_level='warning', access_log=False,
                                 backlog=backlog, timeout_graceful_shutdown=5)
         self.server, self.thread = uvicorn.Server(config), None
         name = f"[{host}]" if family == socket.AF_INET6 else host
@@ -298,11 +315,13 @@ def make_server(backend: Backend | str | Path, # any `Backend`, or a checkpoint 
                 host: str = '127.0.0.1', port: int = 0, # port 0: any free port
                 model: str | None = None, # the model id the server answers to (default: the backend's name)
                 backlog: int = 2048, # listen backlog
+                header_timeout: float = 30.0, # seconds a new connection has to send its request's headers
                 **app_kwargs, # `make_app` knobs: workers, max_body, read_timeout, default_max_tokens
                ) -> LocalServer:
     "An (unstarted) OpenAI-compatible server over `backend`, its socket already bound."
     backend = backend if isinstance(backend, Backend) else TransformersBackend(backend)
-    return LocalServer(make_app(backend, model or backend.name, **app_kwargs), host, port, backlog)
+    app = make_app(backend, model or backend.name, **app_kwargs)
+    return LocalServer(app, host, port, backlog, header_timeout)
 
 def start_server(backend: Backend | str | Path, # any `Backend`, or a checkpoint path
                  host: str = '127.0.0.1', port: int = 0, model: str | None = None,
@@ -334,11 +353,13 @@ def serve_main(path: str = None, # checkpoint directory (SepsisAgent-tiny or a Q
                workers: int = 64, # requests generating at once
                max_body: int = 1 << 20, # request body limit in bytes
                read_timeout: float = 30.0, # seconds to receive a request body
+               header_timeout: float = 30.0, # seconds a new connection has to send its request's headers
               ):
     "Serve a local checkpoint as an OpenAI-compatible chat endpoint."
     if not path:
         raise SystemExit("--path is required: a checkpoint directory, e.g. results/quick/models/tinylm")
-    serve(path, host, port, model, dict(workers=workers, max_body=max_body, read_timeout=read_timeout),
+    serve(path, host, port, model, dict(workers=workers, max_body=max_body, read_timeout=read_timeout,
+                                         header_timeout=header_timeout),
           device=device, max_context=max_context)
 
 # %% ../nbs/25_serve.ipynb

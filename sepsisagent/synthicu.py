@@ -36,7 +36,8 @@ VITALS = FEATURES[:11]          # charted in icu.chartevents
 LABS = FEATURES[11:38]          # hosp.labevents
 assert len(FEATURES) == 39 and len(LABS) == 27
 
-# Authors' MIMIC-IV cohort: mean, sd (upstream.md §2.1). Urine is compared as log1p(mL per 4 h).
+# Authors' MIMIC-IV cohort: mean, sd (release `scaler_params_log.json`; `paper.ipynb`, Cohort and features).
+# Urine is compared as log1p(mL per 4 h).
 MIMIC_MOMENTS = {
     'heart_rate': (87.63, 17.85), 'sysbp': (117.0, 18.9), 'diabp': (61.71, 12.43), 'meanbp': (77.78, 13.05),
     'resp_rate': (20.11, 4.99), 'spo2': (96.93, 2.44), 'temp_c': (37.0, 0.352), 'fio2': (47.54, 15.24),
@@ -1048,7 +1049,7 @@ def ffill_steps(x: np.ndarray) -> np.ndarray:
 
 # %% ../nbs/01_synthicu.ipynb
 def observed_sofa_components(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -> dict[str, np.ndarray]:
-    "SOFA organ scores and total of each 4-hourly observed state (environment rule, upstream.md §4), labs carried forward."
+    "SOFA organs and total of each 4-hourly observed state, labs carried forward (`paper.ipynb`, Environment)."
     x = ffill_steps(obs4)
     f = {c: x[..., j] for j, c in enumerate(FEATURES)}
     urine = np.nan_to_num(obs4[..., FEATURES.index('output_4hourly')])
@@ -1066,7 +1067,7 @@ def observed_sofa(obs4: np.ndarray, vent4: np.ndarray, vaso_level: np.ndarray) -
     return observed_sofa_components(obs4, vent4, vaso_level)['sofa_total']
 
 def raghu_rewards(sofa: np.ndarray, lactate: np.ndarray, n_steps: np.ndarray, died_90d: np.ndarray) -> np.ndarray:
-    "Per-step rewards [N, K] of upstream.md §5 (0 after the last step)."
+    "Per-step rewards [N, K] of the paper's reward (`paper.ipynb`, Reward), 0 after the last step."
     lac = np.nan_to_num(ffill_steps(lactate), nan=np.nan)
     d_sofa = sofa[:, 1:] - sofa[:, :-1]
     d_lac = np.nan_to_num(lac[:, 1:] - lac[:, :-1])

@@ -207,7 +207,7 @@ def estimator_errors(ope: dict, # output of `ope_policy`
     return rows
 
 # %% ../nbs/43_truth.ipynb
-PAPER_MAIN = pd.DataFrame([   # upstream.md section 8: 725-episode MIMIC-IV test set
+PAPER_MAIN = pd.DataFrame([   # paper, main table: 725-episode MIMIC-IV test set (`paper.ipynb`, Main table)
     ('Clinicians', 5.06, 5.27, 10.82, 94.76, 0.35, 0.19), ('WD3QNE', 8.72, 12.07, 23.20, 87.60, 1.11, 1.49),
     ('o3', 8.32, 9.17, 20.38, 90.55, 0.72, 1.57), ('o3 + WM', 9.46, 10.27, 22.95, 96.91, 0.09, 0.24),
     ('Qwen3-4B-Instruct', 7.79, 7.34, 18.76, 78.00, 0.62, 2.13), ('SepsisAgent', 10.01, 11.14, 23.40, 97.95, 0.08, 0.14)],
