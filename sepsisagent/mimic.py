@@ -10,69 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from .core import Profile, get_profile, data_dir, atomic_path, progress
+from .synthicu import MIMIC_IV_COLUMNS, DUCKDB_TYPES
 
 # %% auto 0
-__all__ = ['MIMIC_IV_COLUMNS', 'DUCKDB_TYPES', 'SUFFIXES', 'HASH_BELOW', 'VERIFY_BELOW', 'DEMO_URL', 'DEMO_PAGE', 'SOURCES',
-           'MimicError', 'NotMimicDirError', 'MissingTableError', 'MissingColumnError', 'UnreadableFileError',
-           'EmptyDataError', 'table_file', 'read_header', 'check_columns', 'file_fingerprint', 'check_gzip',
-           'MimicSource', 'demo_dir', 'download_mimic_demo', 'build_raw_data', 'open_source']
-
-# %% ../nbs/02_mimic.ipynb
-MIMIC_IV_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    'hosp/patients': [('subject_id', 'int'), ('gender', 'str'), ('anchor_age', 'int'), ('anchor_year', 'int'),
-        ('anchor_year_group', 'str'), ('dod', 'date')],
-    'hosp/admissions': [('subject_id', 'int'), ('hadm_id', 'int'), ('admittime', 'datetime'),
-        ('dischtime', 'datetime'), ('deathtime', 'datetime'), ('admission_type', 'str'),
-        ('admit_provider_id', 'str'), ('admission_location', 'str'), ('discharge_location', 'str'),
-        ('insurance', 'str'), ('language', 'str'), ('marital_status', 'str'), ('race', 'str'),
-        ('edregtime', 'datetime'), ('edouttime', 'datetime'), ('hospital_expire_flag', 'int')],
-    'hosp/labevents': [('labevent_id', 'int'), ('subject_id', 'int'), ('hadm_id', 'int'), ('specimen_id', 'int'),
-        ('itemid', 'int'), ('order_provider_id', 'str'), ('charttime', 'datetime'), ('storetime', 'datetime'),
-        ('value', 'str'), ('valuenum', 'float'), ('valueuom', 'str'), ('ref_range_lower', 'float'),
-        ('ref_range_upper', 'float'), ('flag', 'str'), ('priority', 'str'), ('comments', 'str')],
-    'hosp/microbiologyevents': [('microevent_id', 'int'), ('subject_id', 'int'), ('hadm_id', 'int'),
-        ('micro_specimen_id', 'int'), ('order_provider_id', 'str'), ('chartdate', 'datetime'),
-        ('charttime', 'datetime'), ('spec_itemid', 'int'), ('spec_type_desc', 'str'), ('test_seq', 'int'),
-        ('storedate', 'datetime'), ('storetime', 'datetime'), ('test_itemid', 'int'), ('test_name', 'str'),
-        ('org_itemid', 'int'), ('org_name', 'str'), ('isolate_num', 'int'), ('quantity', 'str'),
-        ('ab_itemid', 'int'), ('ab_name', 'str'), ('dilution_text', 'str'), ('dilution_comparison', 'str'),
-        ('dilution_value', 'float'), ('interpretation', 'str'), ('comments', 'str')],
-    'hosp/prescriptions': [('subject_id', 'int'), ('hadm_id', 'int'), ('pharmacy_id', 'int'), ('poe_id', 'str'),
-        ('poe_seq', 'int'), ('order_provider_id', 'str'), ('starttime', 'datetime'), ('stoptime', 'datetime'),
-        ('drug_type', 'str'), ('drug', 'str'), ('formulary_drug_cd', 'str'), ('gsn', 'str'), ('ndc', 'str'),
-        ('prod_strength', 'str'), ('form_rx', 'str'), ('dose_val_rx', 'str'), ('dose_unit_rx', 'str'),
-        ('form_val_disp', 'str'), ('form_unit_disp', 'str'), ('doses_per_24_hrs', 'float'), ('route', 'str')],
-    'hosp/diagnoses_icd': [('subject_id', 'int'), ('hadm_id', 'int'), ('seq_num', 'int'), ('icd_code', 'str'),
-        ('icd_version', 'int')],
-    'hosp/d_labitems': [('itemid', 'int'), ('label', 'str'), ('fluid', 'str'), ('category', 'str')],
-    'icu/icustays': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('first_careunit', 'str'),
-        ('last_careunit', 'str'), ('intime', 'datetime'), ('outtime', 'datetime'), ('los', 'float')],
-    'icu/chartevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
-        ('charttime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'), ('value', 'str'),
-        ('valuenum', 'float'), ('valueuom', 'str'), ('warning', 'int')],
-    'icu/inputevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
-        ('starttime', 'datetime'), ('endtime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'),
-        ('amount', 'float'), ('amountuom', 'str'), ('rate', 'float'), ('rateuom', 'str'), ('orderid', 'int'),
-        ('linkorderid', 'int'), ('ordercategoryname', 'str'), ('secondaryordercategoryname', 'str'),
-        ('ordercomponenttypedescription', 'str'), ('ordercategorydescription', 'str'), ('patientweight', 'float'),
-        ('totalamount', 'float'), ('totalamountuom', 'str'), ('isopenbag', 'int'), ('continueinnextdept', 'int'),
-        ('statusdescription', 'str'), ('originalamount', 'float'), ('originalrate', 'float')],
-    'icu/outputevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
-        ('charttime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'), ('value', 'float'),
-        ('valueuom', 'str')],
-    'icu/procedureevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
-        ('starttime', 'datetime'), ('endtime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'),
-        ('value', 'float'), ('valueuom', 'str'), ('location', 'str'), ('locationcategory', 'str'),
-        ('orderid', 'int'), ('linkorderid', 'int'), ('ordercategoryname', 'str'),
-        ('ordercategorydescription', 'str'), ('patientweight', 'float'), ('isopenbag', 'int'),
-        ('continueinnextdept', 'int'), ('statusdescription', 'str'), ('ORIGINALAMOUNT', 'float'),
-        ('ORIGINALRATE', 'float')],
-    'icu/d_items': [('itemid', 'int'), ('label', 'str'), ('abbreviation', 'str'), ('linksto', 'str'),
-        ('category', 'str'), ('unitname', 'str'), ('param_type', 'str'), ('lownormalvalue', 'float'),
-        ('highnormalvalue', 'float')],
-}
-
-DUCKDB_TYPES = {'int': 'BIGINT', 'float': 'DOUBLE', 'str': 'VARCHAR', 'datetime': 'TIMESTAMP', 'date': 'DATE'}
+__all__ = ['SUFFIXES', 'HASH_BELOW', 'VERIFY_BELOW', 'DEMO_URL', 'DEMO_PAGE', 'SOURCES', 'MimicError', 'NotMimicDirError',
+           'MissingTableError', 'MissingColumnError', 'UnreadableFileError', 'EmptyDataError', 'table_file',
+           'read_header', 'check_columns', 'file_fingerprint', 'check_gzip', 'MimicSource', 'demo_dir',
+           'download_mimic_demo', 'build_raw_data', 'open_source']
 
 # %% ../nbs/02_mimic.ipynb
 class MimicError(Exception):

@@ -18,13 +18,13 @@ from .core import (Profile, get_profile, derive_seed, raw_dir, build_once, prove
 # %% auto 0
 __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS', 'CHART_ITEMS', 'LAB_ITEMS', 'VASOPRESSORS',
            'FLUIDS', 'URINE_ITEM', 'VENT_ITEM', 'BLOOD_CULTURE', 'ANTIBIOTICS', 'SITE_A', 'SITE_B', 'CHARLSON', 'STATE',
-           'CH', 'DRUGS', 'SITES', 'TRUE_ORGANS', 'DECISION_OFFSET_H', 'VITAL_NOISE', 'PANELS', 'LAB_CV', 'GCS_TEXT',
-           'LAB_DECIMALS', 'Site', 'charlson_age_points', 'draw_patients', 'CRN', 'sofa_components', 'initial_state',
-           'physiology', 'advance', 'death_hazard', 'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses',
-           'SimResult', 'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu',
-           'load_or_build_synthicu', 'ffill_steps', 'observed_sofa_components', 'observed_sofa', 'raghu_rewards',
-           'Rollout', 'SynthICU', 'branch_next_states', 'calibration_table', 'plot_calibration', 'constant_policy',
-           'map_response', 'site_summary']
+           'CH', 'DRUGS', 'SITES', 'TRUE_ORGANS', 'DECISION_OFFSET_H', 'VITAL_NOISE', 'PANELS', 'LAB_CV',
+           'MIMIC_IV_COLUMNS', 'DUCKDB_TYPES', 'GCS_TEXT', 'LAB_DECIMALS', 'Site', 'charlson_age_points',
+           'draw_patients', 'CRN', 'sofa_components', 'initial_state', 'physiology', 'advance', 'death_hazard',
+           'clinician_fluids_and_vasopressors', 'clinician_airway', 'Doses', 'SimResult', 'simulate', 'write_site',
+           'clinician_doses', 'write_truth', 'generate_site', 'build_synthicu', 'load_or_build_synthicu', 'ffill_steps',
+           'observed_sofa_components', 'observed_sofa', 'raghu_rewards', 'Rollout', 'SynthICU', 'branch_next_states',
+           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -664,6 +664,63 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
                      died_90d=died_90d, death_day=death_day, abx_hour=abx_hour, culture_hour=culture_hour)
 
 # %% ../nbs/01_synthicu.ipynb
+MIMIC_IV_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    'hosp/patients': [('subject_id', 'int'), ('gender', 'str'), ('anchor_age', 'int'), ('anchor_year', 'int'),
+        ('anchor_year_group', 'str'), ('dod', 'date')],
+    'hosp/admissions': [('subject_id', 'int'), ('hadm_id', 'int'), ('admittime', 'datetime'),
+        ('dischtime', 'datetime'), ('deathtime', 'datetime'), ('admission_type', 'str'),
+        ('admit_provider_id', 'str'), ('admission_location', 'str'), ('discharge_location', 'str'),
+        ('insurance', 'str'), ('language', 'str'), ('marital_status', 'str'), ('race', 'str'),
+        ('edregtime', 'datetime'), ('edouttime', 'datetime'), ('hospital_expire_flag', 'int')],
+    'hosp/labevents': [('labevent_id', 'int'), ('subject_id', 'int'), ('hadm_id', 'int'), ('specimen_id', 'int'),
+        ('itemid', 'int'), ('order_provider_id', 'str'), ('charttime', 'datetime'), ('storetime', 'datetime'),
+        ('value', 'str'), ('valuenum', 'float'), ('valueuom', 'str'), ('ref_range_lower', 'float'),
+        ('ref_range_upper', 'float'), ('flag', 'str'), ('priority', 'str'), ('comments', 'str')],
+    'hosp/microbiologyevents': [('microevent_id', 'int'), ('subject_id', 'int'), ('hadm_id', 'int'),
+        ('micro_specimen_id', 'int'), ('order_provider_id', 'str'), ('chartdate', 'datetime'),
+        ('charttime', 'datetime'), ('spec_itemid', 'int'), ('spec_type_desc', 'str'), ('test_seq', 'int'),
+        ('storedate', 'datetime'), ('storetime', 'datetime'), ('test_itemid', 'int'), ('test_name', 'str'),
+        ('org_itemid', 'int'), ('org_name', 'str'), ('isolate_num', 'int'), ('quantity', 'str'),
+        ('ab_itemid', 'int'), ('ab_name', 'str'), ('dilution_text', 'str'), ('dilution_comparison', 'str'),
+        ('dilution_value', 'float'), ('interpretation', 'str'), ('comments', 'str')],
+    'hosp/prescriptions': [('subject_id', 'int'), ('hadm_id', 'int'), ('pharmacy_id', 'int'), ('poe_id', 'str'),
+        ('poe_seq', 'int'), ('order_provider_id', 'str'), ('starttime', 'datetime'), ('stoptime', 'datetime'),
+        ('drug_type', 'str'), ('drug', 'str'), ('formulary_drug_cd', 'str'), ('gsn', 'str'), ('ndc', 'str'),
+        ('prod_strength', 'str'), ('form_rx', 'str'), ('dose_val_rx', 'str'), ('dose_unit_rx', 'str'),
+        ('form_val_disp', 'str'), ('form_unit_disp', 'str'), ('doses_per_24_hrs', 'float'), ('route', 'str')],
+    'hosp/diagnoses_icd': [('subject_id', 'int'), ('hadm_id', 'int'), ('seq_num', 'int'), ('icd_code', 'str'),
+        ('icd_version', 'int')],
+    'hosp/d_labitems': [('itemid', 'int'), ('label', 'str'), ('fluid', 'str'), ('category', 'str')],
+    'icu/icustays': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('first_careunit', 'str'),
+        ('last_careunit', 'str'), ('intime', 'datetime'), ('outtime', 'datetime'), ('los', 'float')],
+    'icu/chartevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
+        ('charttime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'), ('value', 'str'),
+        ('valuenum', 'float'), ('valueuom', 'str'), ('warning', 'int')],
+    'icu/inputevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
+        ('starttime', 'datetime'), ('endtime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'),
+        ('amount', 'float'), ('amountuom', 'str'), ('rate', 'float'), ('rateuom', 'str'), ('orderid', 'int'),
+        ('linkorderid', 'int'), ('ordercategoryname', 'str'), ('secondaryordercategoryname', 'str'),
+        ('ordercomponenttypedescription', 'str'), ('ordercategorydescription', 'str'), ('patientweight', 'float'),
+        ('totalamount', 'float'), ('totalamountuom', 'str'), ('isopenbag', 'int'), ('continueinnextdept', 'int'),
+        ('statusdescription', 'str'), ('originalamount', 'float'), ('originalrate', 'float')],
+    'icu/outputevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
+        ('charttime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'), ('value', 'float'),
+        ('valueuom', 'str')],
+    'icu/procedureevents': [('subject_id', 'int'), ('hadm_id', 'int'), ('stay_id', 'int'), ('caregiver_id', 'int'),
+        ('starttime', 'datetime'), ('endtime', 'datetime'), ('storetime', 'datetime'), ('itemid', 'int'),
+        ('value', 'float'), ('valueuom', 'str'), ('location', 'str'), ('locationcategory', 'str'),
+        ('orderid', 'int'), ('linkorderid', 'int'), ('ordercategoryname', 'str'),
+        ('ordercategorydescription', 'str'), ('patientweight', 'float'), ('isopenbag', 'int'),
+        ('continueinnextdept', 'int'), ('statusdescription', 'str'), ('ORIGINALAMOUNT', 'float'),
+        ('ORIGINALRATE', 'float')],
+    'icu/d_items': [('itemid', 'int'), ('label', 'str'), ('abbreviation', 'str'), ('linksto', 'str'),
+        ('category', 'str'), ('unitname', 'str'), ('param_type', 'str'), ('lownormalvalue', 'float'),
+        ('highnormalvalue', 'float')],
+}
+
+DUCKDB_TYPES = {'int': 'BIGINT', 'float': 'DOUBLE', 'str': 'VARCHAR', 'datetime': 'TIMESTAMP', 'date': 'DATE'}
+
+# %% ../nbs/01_synthicu.ipynb
 GCS_TEXT = {'gcs_eye': {1: 'None', 2: 'To Pain', 3: 'To Speech', 4: 'Spontaneously'},
             'gcs_verbal': {1: 'No Response', 2: 'Incomprehensible sounds', 3: 'Inappropriate Words', 4: 'Confused', 5: 'Oriented'},
             'gcs_motor': {1: 'No response', 2: 'Abnormal extension', 3: 'Abnormal Flexion', 4: 'Flex-withdraws', 5: 'Localizes Pain', 6: 'Obeys Commands'}}
@@ -721,7 +778,6 @@ def _hours_to_time(ids: pd.DataFrame, stay_idx: np.ndarray, hours: np.ndarray) -
 
 def _write(con, frame: pd.DataFrame, table: str, out: Path, exprs: dict[str, str] | None = None):
     "Write `frame` as `<out>/<table>.csv.gz` with exactly the MIMIC-IV columns of `table` (missing ones empty)."
-    from sepsisagent.mimic import MIMIC_IV_COLUMNS, DUCKDB_TYPES
     exprs = exprs or {}
     cols = []
     for name, typ in MIMIC_IV_COLUMNS[table]:

@@ -10,7 +10,8 @@ import pytest
 
 from sepsisagent import cohort, episodes
 from sepsisagent.core import get_profile, processed_dir
-from sepsisagent.mimic import MIMIC_IV_COLUMNS, EmptyDataError, MimicError, MimicSource, UnreadableFileError
+from sepsisagent.synthicu import MIMIC_IV_COLUMNS
+from sepsisagent.mimic import EmptyDataError, MimicError, MimicSource, UnreadableFileError
 from sepsisagent.synthicu import load_or_build_synthicu
 from test_cohort_fixture import write_fixture
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from sepsisagent.core import get_profile, processed_dir, read_meta, upstream_key
-from sepsisagent.mimic import MIMIC_IV_COLUMNS, EmptyDataError, MimicSource
+from sepsisagent.synthicu import MIMIC_IV_COLUMNS
+from sepsisagent.mimic import EmptyDataError, MimicSource
 
 cohort = pytest.importorskip('sepsisagent.cohort')
 

@@ -72,9 +72,46 @@ def test_every_result_file_has_one_writer():
                 if re.search(r"\bout /", line): continue            # an artifact's own folder, not results/
                 for name in re.findall(r"'([\w.-]+\.(?:md|csv|png))'", line):
                     writers.setdefault(name, set()).add(nb.name)
-    assert writers.get('main.md') == {'43_truth.ipynb'}, writers.get('main.md')
+    assert writers.get('main.md') == {'23_truth.ipynb'}, writers.get('main.md')
     shared = {k: sorted(v) for k, v in writers.items() if len(v) > 1}
     assert not shared, f'written by more than one notebook: {shared}'
+
+
+def _notebook_modules() -> dict[str, Path]:
+    "module name -> the numbered notebook that exports it."
+    out = {}
+    for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+        m = re.search(r'^#\|\s*default_exp\s+(\S+)', '\n'.join(_code_cells(nb)), re.M)
+        if m: out[m.group(1)] = nb
+    return out
+
+
+def _imported_modules(nb: Path) -> set[str]:
+    "Package modules a notebook imports anywhere (exported or not, top level or inside a function)."
+    code = '\n'.join(_code_cells(nb))
+    found = set(re.findall(r'\bfrom\s+sepsisagent\.(\w+)\s+import\b', code))
+    found |= set(re.findall(r'\bimport\s+sepsisagent\.(\w+)', code))
+    for names in re.findall(r'\bfrom\s+sepsisagent\s+import\s+\(?([\w,\s]+)\)?', code):
+        found |= {n.strip() for n in names.split(',') if n.strip()}
+    return found
+
+
+def test_notebooks_import_only_from_earlier_notebooks():
+    "Reading order is dependency order: a notebook imports only what an earlier-numbered one exports."
+    where = _notebook_modules()
+    assert {'core', 'synthicu', 'mimic', 'baselines', 'agent'} <= set(where), sorted(where)
+    late = []
+    for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+        for mod in sorted(_imported_modules(nb) & set(where)):
+            if where[mod].name[:2] > nb.name[:2]: late.append(f'{nb.name} imports {mod} ({where[mod].name})')
+    assert not late, 'imports from a later notebook: ' + '; '.join(late)
+
+
+def test_the_import_check_sees_every_kind_of_import(tmp_path):
+    nb = tmp_path / '05_x.ipynb'
+    cells = ['from sepsisagent.agent import a', '    import sepsisagent.env as e', 'from sepsisagent import (ope,\n rl)']
+    nb.write_text(json.dumps({'cells': [{'cell_type': 'code', 'source': [c]} for c in cells]}))
+    assert _imported_modules(nb) == {'agent', 'env', 'ope', 'rl'}
 
 
 def test_no_training_budget_in_seconds():

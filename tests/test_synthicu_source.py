@@ -6,7 +6,8 @@ import pytest
 
 from sepsisagent import core, synthicu
 from sepsisagent.core import get_profile
-from sepsisagent.mimic import MIMIC_IV_COLUMNS, MimicSource
+from sepsisagent.synthicu import MIMIC_IV_COLUMNS
+from sepsisagent.mimic import MimicSource
 from sepsisagent.synthicu import SynthICU, build_synthicu, load_or_build_synthicu
 
 TINY = dict(synth_n_stays=40, synth_site_b_stays=10, synth_hours=16)
