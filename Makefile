@@ -1,6 +1,7 @@
 # SepsisAgent compendium. Quick start: `make paper` then `make test` (see README.md).
 PROFILE ?= default
-# Knob overrides for every notebook of the run, as a JSON object, e.g. OVERRIDES='{"seed": 1}'.
+# Knob overrides for every notebook of the run, as a JSON object of dotted knob names,
+# e.g. OVERRIDES='{"seed": 1, "worldmodel.backbone": "lstm"}' (python -m sepsisagent.core show lists them).
 OVERRIDES ?=
 SOURCE  ?= synthicu
 PYTHON  ?= python3

@@ -18,37 +18,41 @@ import pandas as pd
 import regex
 
 from .core import digest, module_fingerprint, read_meta
-from .prompts import (TOOLS, STYLES, check_style, patient_info, render_conversation_start,
-                                 render_simulation_result, render_prescription_response, system_prompt_text)
+from .prompts import (TOOLS, STYLES, MAP_IDX, LACTATE_IDX, check_style, patient_info,
+                                 render_conversation_start, render_simulation_result,
+                                 render_prescription_response, system_prompt_text)
 from .safety import guideline_checks, policy_history, RULES
 from .baselines import StateBatch, Policy, action_index, env_state_batch
 from .ope import N_ACTIONS
-from .synthicu import FEATURES
 
 # %% auto 0
-__all__ = ['TOOL_NAMES', 'FAILURE_KINDS', 'MAX_CANDIDATES', 'MODES', 'MEMORIES', 'RECORD_MODULES', 'DECODING_KEYS', 'LOOP_KEYS',
-           'Reply', 'Backend', 'tool_call_text', 'ToolCall', 'ParseFailure', 'parse_tool_call', 'level_number',
-           'parse_level', 'parse_simulation_candidates', 'parse_prescription', 'ScriptedBackend', 'PolicyBackend',
-           'log_messages', 'env_history', 'feedback_text', 'agent_guideline_checks', 'state_digest',
-           'checkpoint_identity', 'backend_identity', 'env_identity', 'run_identity', 'identity_diff', 'read_records',
-           'open_log', 'run_agent', 'agent_summary', 'transcript_markdown']
+__all__ = ['TOOL_NAMES', 'FAILURE_KINDS', 'MAX_CANDIDATES', 'TOOL_CALL_RE', 'MODES', 'MEMORIES', 'RECORD_MODULES',
+           'DECODING_KEYS', 'LOOP_KEYS', 'Reply', 'Backend', 'tool_call_text', 'ToolCall', 'ParseFailure',
+           'json_or_error', 'parse_tool_call', 'level_number', 'parse_level', 'parse_simulation_candidates',
+           'parse_prescription', 'ScriptedBackend', 'PolicyBackend', 'log_messages', 'env_history', 'feedback_text',
+           'agent_guideline_checks', 'state_digest', 'checkpoint_identity', 'backend_identity', 'env_identity',
+           'run_identity', 'identity_diff', 'read_records', 'open_log', 'run_agent', 'agent_summary',
+           'transcript_markdown']
 
 # %% ../nbs/31_agent.ipynb
 @dataclass
 class Reply:
     "One assistant reply of a backend."
     text: str                          # the raw assistant text (may contain <tool_call>...</tool_call>)
-    tool_calls: list | None = None     # OpenAI-format tool calls when the backend returns them parsed; None otherwise
+    # OpenAI-format tool calls when the backend returns them parsed; None otherwise
+    tool_calls: list | None = None
     finish_reason: str = 'stop'        # 'stop' | 'length' | 'tool_calls' | 'error'
     n_tokens: int = 0                  # generated tokens
-    error: str | None = None           # transport error type ('timeout', 'refused', ...); never an exception out of chat()
+    # transport error type ('timeout', 'refused', ...); never an exception out of chat()
+    error: str | None = None
 
 class Backend:
     "Answers a batch of conversations; subclasses implement `chat`."
     name: str = 'backend'
     def chat(self, conversations: list, # OpenAI-format conversations, each a list of message dicts
              tools: list | None = None, # OpenAI-format tool definitions (prompts.TOOLS)
-             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, seed: int | None = None,
+             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
+             seed: int | None = None,
              context: list | None = None, # per conversation: {"env_row": int, "step": int, "sample": int}
             ) -> list:
         "One `Reply` per conversation, in order."
@@ -79,9 +83,10 @@ class ParseFailure:
     kind: str                  # one of FAILURE_KINDS
     detail: str = ''           # a short explanation (fed back to the model)
 
-_CALL = regex.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", regex.S)
+# a tool-call block; the closing tag may be missing (a reply cut by max_new_tokens)
+TOOL_CALL_RE = regex.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", regex.S)
 
-def _json(s):
+def json_or_error(s):
     "json.loads that never raises: (value, None) or (None, error text)."
     try: return json.loads(s), None
     except Exception as e: return None, f"{type(e).__name__}: {str(e)[:80]}"
@@ -96,28 +101,31 @@ def _call_parts(reply) -> tuple:
         if not isinstance(fn, dict): return ParseFailure('bad_json', 'tool call function is not an object')
         args = fn.get('arguments', {})
         if isinstance(args, str):
-            args, err = _json(args)
+            args, err = json_or_error(args)
             if err: return ParseFailure('bad_json', f"arguments are not JSON ({err})")
         return fn.get('name'), args, tc.get('id') if isinstance(tc.get('id'), str) else None
     text = getattr(reply, 'text', '')
-    m = _CALL.search(text) if isinstance(text, str) else None
+    m = TOOL_CALL_RE.search(text) if isinstance(text, str) else None
     if m is None: return ParseFailure('no_tool_call', 'no <tool_call>...</tool_call> block in the reply')
-    obj, err = _json(m.group(1).strip())
+    obj, err = json_or_error(m.group(1).strip())
     if err: return ParseFailure('bad_json', f"the tool call is not valid JSON ({err})")
-    if not isinstance(obj, dict): return ParseFailure('bad_json', 'the tool call must be a JSON object with "name" and "arguments"')
+    if not isinstance(obj, dict):
+        return ParseFailure('bad_json', 'the tool call must be a JSON object with "name" and "arguments"')
     args = obj.get('arguments', obj.get('parameters', {}))
     if isinstance(args, str):                         # some models double-encode the arguments
-        args, err = _json(args)
+        args, err = json_or_error(args)
         if err: return ParseFailure('bad_json', f"arguments are not JSON ({err})")
     return obj.get('name'), args, None
 
 def parse_tool_call(reply: Reply) -> ToolCall | ParseFailure:
-    "The first tool call of `reply` (its parsed `tool_calls`, else the first `<tool_call>` block of its text); never raises."
+    "The first tool call of `reply`: its parsed `tool_calls`, else its text's first block; never raises."
     try:
         parts = _call_parts(reply)
         if isinstance(parts, ParseFailure): return parts
         name, args, cid = parts
-        if name not in TOOL_NAMES: return ParseFailure('unknown_tool', f"unknown tool {str(name)[:40]!r}; use simulation or prescription")
+        if name not in TOOL_NAMES:
+            return ParseFailure('unknown_tool', f"unknown tool {str(name)[:40]!r}; use "
+                                                f"simulation or prescription")
         if not isinstance(args, dict): return ParseFailure('bad_arguments', 'arguments must be a JSON object')
         return ToolCall(name, args, cid)
     except Exception as e:                            # belt and braces: a parser bug must not end a run
@@ -176,7 +184,7 @@ def parse_simulation_candidates(arguments, # a simulation call's arguments
     try:
         acts = arguments.get('actions', arguments.get('candidates')) if isinstance(arguments, dict) else None
         if isinstance(acts, str):
-            parsed, err = _json(acts)
+            parsed, err = json_or_error(acts)
             acts = parsed if err is None and isinstance(parsed, list) else [acts]
         pair = isinstance(acts, (list, tuple)) and len(acts) == 2
         if pair and all(level_number(a) is not None for a in acts): acts = [acts]   # {"actions": [1, 2]}
@@ -195,7 +203,8 @@ def parse_prescription(arguments, # a prescription call's arguments
                       ) -> tuple | ParseFailure:
     "(vasopressor, iv_fluid) levels 0..4, or ParseFailure('out_of_range' or 'bad_arguments'); never raises."
     try:
-        if not isinstance(arguments, dict): return ParseFailure('bad_arguments', 'arguments must be a JSON object')
+        if not isinstance(arguments, dict):
+            return ParseFailure('bad_arguments', 'arguments must be a JSON object')
         got = [parse_level(arguments.get(k), k, clamp) for k in ('vasopressor', 'iv_fluid')]
         bad = [g for g in got if isinstance(g, ParseFailure)]
         if not bad: return tuple(got)
@@ -215,7 +224,8 @@ class ScriptedBackend(Backend):
     def identity(self) -> str:
         "Its replies are its function's: a digest of the function's code and of what it captured."
         return state_digest(self.replies_fn)
-    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None, context=None):
+    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None,
+             context=None):
         self.n_calls += 1
         self.n_replies += len(conversations)
         context = context or [{} for _ in conversations]
@@ -223,24 +233,28 @@ class ScriptedBackend(Backend):
         return [r if isinstance(r, Reply) else Reply(text=str(r)) for r in out]
 
 class PolicyBackend(Backend):
-    "Prescribes what a baselines `Policy` would at the env's current state of each conversation (context `env_row`)."
+    "Prescribes what a baselines `Policy` would at each conversation's env state (context `env_row`)."
     def __init__(self, policy: Policy, env):
         self.policy, self.env, self.name, self.n_calls = policy, env, f"policy:{policy.name}", 0
     @property
     def identity(self) -> str:
         "Its replies are its policy's: a digest of the policy's state."
         return state_digest(self.policy)
-    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None, context=None):
+    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None,
+             context=None):
         self.n_calls += 1
         if context is None or len(context) != len(conversations):
             return [Reply('', finish_reason='error', error='no_context') for _ in conversations]
-        acts = self.policy.act(env_state_batch(self.env, [c['env_row'] for c in context]), np.random.default_rng(seed))
-        return [Reply(tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)), finish_reason='tool_calls') for v, f in acts]
+        acts = self.policy.act(env_state_batch(self.env, [c['env_row'] for c in context]),
+                               np.random.default_rng(seed))
+        return [Reply(tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)),
+                      finish_reason='tool_calls')
+                for v, f in acts]
 
 # %% ../nbs/31_agent.ipynb
 def log_messages(messages: list, # OpenAI-format messages
                 ) -> list:
-    "The messages in the published log format (roles user, assistant, tool_call, tool_response; system messages dropped)."
+    "The messages in the published log format: roles user, assistant, tool_call, tool_response (no system)."
     out = []
     for m in messages:
         role = m.get('role')
@@ -253,17 +267,16 @@ def log_messages(messages: list, # OpenAI-format messages
             out.append(a)
             for tc in (m.get('tool_calls') or [])[:1]:
                 fn = tc['function']
-                args, _ = _json(fn['arguments'])
+                args, _ = json_or_error(fn['arguments'])
                 out.append(dict(role='tool_call', content=json.dumps(dict(name=fn['name'], arguments=args))))
         else: out.append(dict(role=role, content=m.get('content', '')))
     return out
 
 # %% ../nbs/31_agent.ipynb
 MODES, MEMORIES = ('rollout', 'logged'), ('full', 'step')
-_MAP, _LAC = FEATURES.index('meanbp'), FEATURES.index('lactate')
 
 def env_history(env, row: int) -> dict:
-    "The history of env row `row` in the form the prompts read: step, raw/masks of steps 0..t, actions of steps < t."
+    "The history of env row `row` as the prompts read it: step, raw/masks of steps 0..t, actions before t."
     t = int(min(env.t[row], env.length[row] - 1))
     return dict(stay_id=int(env.stay_id[row]), step=t, raw=env.raw[row, :t + 1], masks=env.masks[row, :t + 1],
                 actions=env.actions[row, :t])
@@ -276,38 +289,53 @@ def feedback_text(f: ParseFailure) -> str:
 @dataclass
 class _Slot:
     "One conversation: episode row `row`, sample `sample`."
-    row: int; sample: int
+    row: int
+    sample: int
     messages: list = field(default_factory=list)    # what the backend sees
     log: list = field(default_factory=list)         # the published log of everything
     active: bool = True
     pending: tuple | None = None                    # prescription waiting for the env step
-    sims_step: int = 0; invalid: int = 0            # simulation calls this step; consecutive invalid replies
-    failure: str | None = None; failure_step: int | None = None
-    actions: list = field(default_factory=list); sims: list = field(default_factory=list)
+    sims_step: int = 0                              # simulation calls this step
+    invalid: int = 0                                # consecutive invalid replies
+    failure: str | None = None
+    failure_step: int | None = None
+    actions: list = field(default_factory=list)
+    sims: list = field(default_factory=list)
     seen: list = field(default_factory=list)        # (meanbp, lactate) at each prescription
     call_id: str = ''                               # id of the last tool call (its tool message answers it)
-    n_replies: int = 0; n_invalid: int = 0; n_length: int = 0; n_tokens: int = 0; n_starts: int = 0
+    n_replies: int = 0
+    n_invalid: int = 0
+    n_length: int = 0
+    n_tokens: int = 0
+    n_starts: int = 0
     errors: dict = field(default_factory=dict)
-    conversations: list = field(default_factory=list)  # step memory: each finished step's backend-view messages
+    # step memory: each finished step's backend-view messages
+    conversations: list = field(default_factory=list)
 
     def add(self, *msgs):
-        self.messages.extend(msgs); self.log.extend(log_messages(msgs))
+        self.messages.extend(msgs)
+        self.log.extend(log_messages(msgs))
 
 # %% ../nbs/31_agent.ipynb
 def _fail(s: _Slot, kind: str, t: int):
     s.active, s.failure, s.failure_step, s.pending = False, kind, t, None
 
 def _invalid(s: _Slot, kind: str, t: int, max_invalid: int):
-    s.invalid += 1; s.n_invalid += 1; s.errors[kind] = s.errors.get(kind, 0) + 1
+    s.invalid += 1
+    s.n_invalid += 1
+    s.errors[kind] = s.errors.get(kind, 0) + 1
     if s.invalid >= max_invalid: _fail(s, kind, t)
 
 def _handle(s: _Slot, rep: Reply, env, cfg: dict) -> list | None:
     "Apply one reply to its slot; the candidates [[v, f], ...] when it asks for a simulation, else None."
     t = int(env.t[s.row])
-    s.n_replies += 1; s.n_tokens += int(rep.n_tokens or 0); s.n_length += rep.finish_reason == 'length'
+    s.n_replies += 1
+    s.n_tokens += int(rep.n_tokens or 0)
+    s.n_length += rep.finish_reason == 'length'
     if rep.error:
         s.log.append(dict(role='assistant', content=rep.text or '', error=str(rep.error)))
-        _invalid(s, str(rep.error), t, cfg['max_invalid']); return None
+        _invalid(s, str(rep.error), t, cfg['max_invalid'])
+        return None
     call = parse_tool_call(rep)
     if isinstance(call, ToolCall):                     # a call is valid only with levels 0..4 (or clamped)
         parse = parse_prescription if call.name == 'prescription' else parse_simulation_candidates
@@ -315,14 +343,16 @@ def _handle(s: _Slot, rep: Reply, env, cfg: dict) -> list | None:
         if isinstance(parsed, ParseFailure): call = parsed
     if isinstance(call, ParseFailure):
         s.add(dict(role='assistant', content=rep.text or ''), dict(role='user', content=feedback_text(call)))
-        _invalid(s, call.kind, t, cfg['max_invalid']); return None
+        _invalid(s, call.kind, t, cfg['max_invalid'])
+        return None
     s.invalid = 0
     cid = call.id or f"call_{t}_{s.n_replies}"
     args = dict(call.arguments)
     if call.name == 'simulation':
         if s.sims_step + 1 >= cfg['max_sims_per_step']:
             s.log.extend(log_messages([dict(role='assistant', content=rep.text or '')]))
-            _fail(s, 'too_many_simulations', t); return None
+            _fail(s, 'too_many_simulations', t)
+            return None
         cands = parsed
         args = dict(actions=[f"[{v},{f}]" for v, f in cands])
     else:
@@ -330,9 +360,10 @@ def _handle(s: _Slot, rep: Reply, env, cfg: dict) -> list | None:
         cands, args = None, dict(vasopressor=a[0], iv_fluid=a[1])
         s.pending = a
         raw = env.raw[s.row, t]
-        s.seen.append((float(raw[_MAP]), float(raw[_LAC])))
+        s.seen.append((float(raw[MAP_IDX]), float(raw[LACTATE_IDX])))
     s.add(dict(role='assistant', content=rep.text or '',
-               tool_calls=[dict(id=cid, type='function', function=dict(name=call.name, arguments=json.dumps(args)))]))
+               tool_calls=[dict(id=cid, type='function',
+                                function=dict(name=call.name, arguments=json.dumps(args)))]))
     s.call_id = cid
     if cands is not None: s.sims_step += 1
     return cands
@@ -342,10 +373,11 @@ def agent_guideline_checks(stay_id: int, # the episode
                            seen: list, # (meanbp, lactate) the agent saw at each prescription
                            actions: list, # its (vasopressor, iv_fluid) prescriptions, steps 0..n-1
                           ) -> dict:
-    "Per-prescription flags of `safety.guideline_checks` (column -> list of bools), with the agent's own history."
+    "Per-prescription flags of `safety.guideline_checks` (column -> bools), with the agent's own history."
     if not len(actions): return {}
     n = len(actions)
-    states = pd.DataFrame(dict(stay_id=[stay_id] * n, step=np.arange(n), meanbp=[m for m, _ in seen[:n]], lactate=[l for _, l in seen[:n]]))
+    states = pd.DataFrame(dict(stay_id=[stay_id] * n, step=np.arange(n), meanbp=[m for m, _ in seen[:n]],
+                               lactate=[l for _, l in seen[:n]]))
     h = policy_history(states.stay_id, states.step, np.asarray(actions))
     g = guideline_checks(states, np.asarray(actions), h.prev_vaso.to_numpy(), h.fluid_before.to_numpy())
     return {c: [bool(x) for x in g[c]] for c in g.columns}
@@ -357,96 +389,122 @@ def _record(slots: list, row: int, env, rewards: list, cfg: dict, system: str) -
     finished = [s for s in slots if s.failure is None]
     failure = (s0.failure if not logged else (None if finished else s0.failure))
     done = bool(env.done[row]) and failure is None
-    md = dict(stay_id=stay, episode=int(env.idx[row]), mode=cfg['mode'], style=cfg['style'], memory=cfg['memory'],
-              backend=cfg['backend'], n_steps=T, actions=[list(map(int, a)) for a in s0.actions],
-              rewards=[float(r) for r in rewards], **{'return': float(sum(rewards)) if done else None},
-              died=bool(env.died[row]) if done else None, divergence_step=int(env.divergence_step[row]),
+    md = dict(stay_id=stay, episode=int(env.idx[row]), mode=cfg['mode'], style=cfg['style'],
+              memory=cfg['memory'], backend=cfg['backend'], n_steps=T,
+              actions=[list(map(int, a)) for a in s0.actions], rewards=[float(r) for r in rewards],
+              **{'return': float(sum(rewards)) if done else None}, died=bool(env.died[row]) if done else None,
+              divergence_step=int(env.divergence_step[row]),
               states=dict(meanbp=[m for m, _ in s0.seen], lactate=[l for _, l in s0.seen]),
-              guideline=agent_guideline_checks(stay, s0.seen, s0.actions),
-              failure=failure, failure_step=s0.failure_step if failure else None,
-              n_simulations=sum(s0.sims) + s0.sims_step, simulations_per_step=list(s0.sims), n_replies=s0.n_replies, n_invalid=s0.n_invalid,
-              invalid_kinds=dict(s0.errors), n_length=s0.n_length, n_tokens=s0.n_tokens, n_conversation_starts=s0.n_starts,
-              clamp_levels=cfg['clamp_levels'], run_key=cfg.get('run_key'),
+              guideline=agent_guideline_checks(stay, s0.seen, s0.actions), failure=failure,
+              failure_step=s0.failure_step if failure else None, n_simulations=sum(s0.sims) + s0.sims_step,
+              simulations_per_step=list(s0.sims), n_replies=s0.n_replies, n_invalid=s0.n_invalid,
+              invalid_kinds=dict(s0.errors), n_length=s0.n_length, n_tokens=s0.n_tokens,
+              n_conversation_starts=s0.n_starts, clamp_levels=cfg['clamp_levels'], run_key=cfg.get('run_key'),
               run_identity=cfg.get('run_identity'), system_prompt=system)
     if logged:
         probs = np.full((T, N_ACTIONS), np.nan)
         for t in range(T):
             a = [s.actions[t] for s in slots if len(s.actions) > t]
             if a: probs[t] = np.bincount(action_index(np.asarray(a)), minlength=N_ACTIONS) / len(a)
-        md.update(n_samples=len(slots), action_probs=[[None if np.isnan(p) else float(p) for p in r] for r in probs],
+        md.update(n_samples=len(slots), action_probs=[[None if np.isnan(p) else float(p) for p in r]
+                                                      for r in probs],
                   sample_actions=[[list(map(int, a)) for a in s.actions] for s in slots],
-                  sample_failures=[s.failure for s in slots], logged_actions=[list(map(int, a)) for a in env.logged[row, :T]])
+                  sample_failures=[s.failure for s in slots],
+                  logged_actions=[list(map(int, a)) for a in env.logged[row, :T]])
     rec = dict(stay_id=stay, messages=s0.log, metadata=md)
     if cfg['keep_conversations']:                 # what the backend saw, step by step (RL re-tokenizes these)
-        unfinished = [s0.messages] if (cfg['memory'] == 'full' or s0.failure or (s0.messages and s0.messages[-1].get('role') != 'tool')) else []
+        open_end = s0.messages and s0.messages[-1].get('role') != 'tool'
+        unfinished = [s0.messages] if (cfg['memory'] == 'full' or s0.failure or open_end) else []
         rec['conversations'] = (list(s0.conversations) if cfg['memory'] == 'step' else []) + unfinished
     return rec
 
 # %% ../nbs/31_agent.ipynb
+def _shown_steps(cfg: dict) -> int | None:
+    "`last_k` of the prompts: the compact style shows the last steps, the paper style all of them."
+    return cfg['last_k'] if cfg['style'] == 'compact' else None
+
+def _live(slots: list, env) -> list:
+    return [s for s in slots if s.active and not env.done[s.row]]
+
+def _ask(env, backend: Backend, asking: list, cfg: dict, rnd: int):
+    "One round: a reply for every asking conversation, then one `env.simulate` for all simulation calls."
+    context = [dict(env_row=s.row, step=int(env.t[s.row]), sample=s.sample) for s in asking]
+    replies = backend.chat([s.messages for s in asking], TOOLS, max_new_tokens=cfg['max_new_tokens'],
+                           temperature=cfg['temperature'], top_p=cfg['top_p'], seed=cfg['seed'] + rnd,
+                           context=context)
+    if len(replies) != len(asking):
+        raise RuntimeError(f"{backend!r} returned {len(replies)} replies for {len(asking)} conversations")
+    cands, asked = np.full((env.num_envs, MAX_CANDIDATES * cfg['n_samples'], 2), -1, np.int64), []
+    for s, rep in zip(asking, replies):
+        c = _handle(s, rep, env, cfg)
+        if c is not None:
+            cands[s.row, MAX_CANDIDATES * s.sample:MAX_CANDIDATES * s.sample + len(c)] = c
+            asked.append((s, c))
+    if not asked: return
+    sim = env.simulate(cands)
+    for s, c in asked:
+        k0 = MAX_CANDIDATES * s.sample
+        result = render_simulation_result(c, sim['raw'][s.row, k0:k0 + len(c)], cfg['style'])
+        s.add(dict(result, tool_call_id=s.call_id))
+
+def _step_env(env, act, n: int, rewards: list):
+    "One env step with actions `act`; the reward of each of the first `n` rows still running is appended."
+    stepping = [r for r in range(n) if not env.done[r]]
+    _, reward, _, _, _ = env.step(act)
+    for r in stepping: rewards[r].append(float(reward[r]))
+
+def _answer_prescription(s: _Slot, env, t: int, cfg: dict, start):
+    "Book the prescription given at step `t` and answer it: the end, the hand-back or the next step."
+    s.actions.append(s.pending)
+    s.sims.append(s.sims_step)
+    s.pending, s.sims_step = None, 0
+    r, given = s.row, tuple(int(x) for x in env.actions[s.row, t])
+    applied = f"Prescription applied for Hours {4 * t}-{4 * t + 4}: [{given[0]},{given[1]}]."
+    handed_back = cfg['max_steps'] is not None and len(s.actions) >= cfg['max_steps'] and not env.done[r]
+    if handed_back: s.active = False
+    if env.done[r] or handed_back:
+        end = 'End of the episode.' if env.done[r] else 'The clinicians treat the patient from here on.'
+        s.add(dict(role='tool', tool_call_id=s.call_id, name='prescription', content=f"{applied} {end}"))
+        if cfg['keep_conversations'] and cfg['memory'] == 'step': s.conversations.append(s.messages)
+    elif cfg['memory'] == 'full':
+        response = render_prescription_response(given, env_history(env, r), cfg['style'], _shown_steps(cfg))
+        s.add(dict(response, tool_call_id=s.call_id))
+    else:                                             # step memory: a fresh conversation start
+        s.log.append(dict(role='tool_response', name='prescription', content=applied))
+        if cfg['keep_conversations']: s.conversations.append(s.messages)
+        s.messages = []
+        s.add(*start(r))
+        s.n_starts += 1
+
 def _run_batch(env, backend: Backend, chunk: list, cfg: dict) -> list:
     "Run the episodes `chunk` (at most env.num_envs) to the end; one record per episode."
-    N, n, M = env.num_envs, len(chunk), cfg['n_samples']
+    N, n = env.num_envs, len(chunk)
     env.reset(options=dict(episodes=np.asarray(list(chunk) + [chunk[-1]] * (N - n), np.int64)))
-    style, lk = cfg['style'], (cfg['last_k'] if cfg['style'] == 'compact' else None)
     infos = [patient_info(env.ep, int(env.stay_id[r])) for r in range(n)]
-    start = lambda r: render_conversation_start(infos[r], env_history(env, r), env.ep.bins, style, lk)
-    slots = [_Slot(r, k) for r in range(n) for k in range(M)]
-    for s in slots: s.add(*start(s.row)); s.n_starts = 1
+    def start(r):
+        history = env_history(env, r)
+        return render_conversation_start(infos[r], history, env.ep.bins, cfg['style'], _shown_steps(cfg))
+    slots = [_Slot(r, k) for r in range(n) for k in range(cfg['n_samples'])]
+    for s in slots:
+        s.add(*start(s.row))
+        s.n_starts = 1
     rewards, rnd = [[] for _ in range(n)], 0
-    while True:
-        live = [s for s in slots if s.active and not env.done[s.row]]
-        if not live: break
-        asking = [s for s in live if s.pending is None]
+    while _live(slots, env):
+        asking = [s for s in _live(slots, env) if s.pending is None]
         if asking:
-            replies = backend.chat([s.messages for s in asking], TOOLS, max_new_tokens=cfg['max_new_tokens'],
-                                   temperature=cfg['temperature'], top_p=cfg['top_p'], seed=cfg['seed'] + rnd,
-                                   context=[dict(env_row=s.row, step=int(env.t[s.row]), sample=s.sample) for s in asking])
-            if len(replies) != len(asking):
-                raise RuntimeError(f"{backend!r} returned {len(replies)} replies for {len(asking)} conversations")
-            cands, asked = np.full((N, MAX_CANDIDATES * M, 2), -1, np.int64), []
-            for s, rep in zip(asking, replies):
-                c = _handle(s, rep, env, cfg)
-                if c is not None:
-                    cands[s.row, MAX_CANDIDATES * s.sample:MAX_CANDIDATES * s.sample + len(c)] = c
-                    asked.append((s, c))
-            if asked:
-                sim = env.simulate(cands)
-                for s, c in asked:
-                    k0 = MAX_CANDIDATES * s.sample
-                    s.add(dict(render_simulation_result(c, sim['raw'][s.row, k0:k0 + len(c)], style), tool_call_id=s.call_id))
+            _ask(env, backend, asking, cfg, rnd)
             rnd += 1
-        live = [s for s in slots if s.active and not env.done[s.row]]
-        if not live or any(s.pending is None for s in live): continue
-        # every live conversation has prescribed: one env step for all
-        act, t = env.logged_actions().copy(), env.t.copy()
-        if cfg['mode'] == 'rollout':
-            for s in live: act[s.row] = s.pending
-        stepping = [r for r in range(n) if not env.done[r]]
-        _, reward, _, _, _ = env.step(act)
-        for r in stepping: rewards[r].append(float(reward[r]))
-        for s in live:
-            s.actions.append(s.pending); s.sims.append(s.sims_step)
-            s.pending, s.sims_step = None, 0
-            r, given = s.row, tuple(int(x) for x in env.actions[s.row, t[s.row]])
-            handed_back = cfg['max_steps'] is not None and len(s.actions) >= cfg['max_steps'] and not env.done[r]
-            if handed_back: s.active = False
-            if env.done[r] or handed_back:
-                end = 'End of the episode.' if env.done[r] else 'The clinicians treat the patient from here on.'
-                s.add(dict(role='tool', tool_call_id=s.call_id, name='prescription',
-                           content=f"Prescription applied for Hours {4 * t[r]}-{4 * t[r] + 4}: [{given[0]},{given[1]}]. {end}"))
-                if cfg['keep_conversations'] and cfg['memory'] == 'step': s.conversations.append(s.messages)
-            elif cfg['memory'] == 'full':
-                s.add(dict(render_prescription_response(given, env_history(env, r), style, lk), tool_call_id=s.call_id))
-            else:
-                s.log.append(dict(role='tool_response', name='prescription',
-                                  content=f"Prescription applied for Hours {4 * t[r]}-{4 * t[r] + 4}: [{given[0]},{given[1]}]."))
-                if cfg['keep_conversations']: s.conversations.append(s.messages)
-                s.messages = []; s.add(*start(r)); s.n_starts += 1
-    while not env.done[:n].all():                     # handed-back (and failed) episodes: the logged actions drive them to the end
-        stepping = [r for r in range(n) if not env.done[r]]
-        _, reward, _, _, _ = env.step(env.logged_actions())
-        for r in stepping: rewards[r].append(float(reward[r]))
-    system = system_prompt_text(style)
+        live = _live(slots, env)
+        if live and all(s.pending is not None for s in live):     # all have prescribed: one env step for all
+            act, t = env.logged_actions().copy(), env.t.copy()
+            if cfg['mode'] == 'rollout':
+                for s in live: act[s.row] = s.pending
+            _step_env(env, act, n, rewards)
+            for s in live: _answer_prescription(s, env, t[s.row], cfg, start)
+    # handed back or failed: the logged actions drive them to the end
+    while not env.done[:n].all():
+        _step_env(env, env.logged_actions(), n, rewards)
+    system = system_prompt_text(cfg['style'])
     return [_record([s for s in slots if s.row == r], r, env, rewards[r], cfg, system) for r in range(n)]
 
 # %% ../nbs/31_agent.ipynb
@@ -572,7 +630,7 @@ def read_records(path) -> list:
     "The episode records of a JSONL file written by `run_agent` (a truncated last line is ignored)."
     out = []
     for line in Path(path).read_text().splitlines():
-        rec, err = _json(line)
+        rec, err = json_or_error(line)
         if err is None and isinstance(rec, dict) and 'stay_id' in rec: out.append(rec)
     return out
 
@@ -596,41 +654,56 @@ def open_log(path, # the JSONL log `run_agent` appends to
     p.parent.mkdir(parents=True, exist_ok=True)
     return recs
 
+def _check_run(env, episodes, mode: str, style: str, memory: str, last_k: int, max_sims_per_step: int,
+               max_invalid: int, n_samples: int, max_steps, repeats: bool, out_path) -> list:
+    "The episode indices as ints, once the arguments of `run_agent` are checked."
+    if mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}")
+    if memory not in MEMORIES: raise ValueError(f"Unknown memory {memory!r}; choose one of {MEMORIES}")
+    check_style(style)
+    if n_samples < 1 or (n_samples > 1 and mode != 'logged'):
+        raise ValueError("n_samples > 1 needs mode='logged' (n_samples >= 1)")
+    if max_sims_per_step < 1 or max_invalid < 1 or last_k < 1:
+        raise ValueError("max_sims_per_step, max_invalid and last_k must be >= 1")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
+    if repeats and out_path is not None:
+        raise ValueError("repeats=True runs every index afresh: it cannot resume from out_path")
+    episodes = [int(e) for e in np.atleast_1d(np.asarray(episodes, np.int64))]
+    if episodes and (min(episodes) < 0 or max(episodes) >= len(env.data)):
+        raise ValueError(f"episode indices must be in 0..{len(env.data) - 1} of the {env.split!r} split")
+    return episodes
+
 def run_agent(env, # SepsisEnv; episodes run env.num_envs at a time
               backend: Backend, # answers the conversations
               episodes, # indices into the env's split
-              *, mode: str = 'rollout', # 'rollout' (agent drives the patient) or 'logged' (agent decides at the logged states)
+              *, mode: str = 'rollout', # 'rollout' (the agent drives) or 'logged' (decides at logged states)
               style: str = 'compact', # prompt style, 'compact' or 'paper'
               memory: str = 'full', # 'full' conversation, or restart each 'step'
               last_k: int = 3, # steps of history in the compact style
               max_sims_per_step: int = 10, # the 10th simulation call of a step fails the episode
               max_invalid: int = 10, # the 10th consecutive reply without a valid tool call fails it
-              max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, # sampling, passed to the backend
+              max_new_tokens: int = 512, # reply budget, passed to the backend
+              temperature: float = 0.7, # sampling temperature, passed to the backend
+              top_p: float = 0.95, # nucleus sampling, passed to the backend
               seed: int = 0, # backend sampling seed (seed + round)
               n_samples: int = 1, # logged mode: independent conversations per episode
-              max_steps: int | None = None, # prescriptions the agent makes; then the clinicians' logged actions drive the patient to the end
-              keep_conversations: bool = False, # also return what the backend saw (`record['conversations']`, one list per conversation)
+              max_steps: int | None = None, # the agent's prescriptions; the logged actions drive the rest
+              keep_conversations: bool = False, # also return what the backend saw (`record['conversations']`)
               clamp_levels: bool = False, # the release's rule: clamp levels to 0..4 (else invalid)
               out_path=None, # JSONL log; its episodes made by the same run (`run_identity`) are skipped
-              repeats: bool = False, # run repeated episode indices separately (RL groups; needs out_path None)
+              repeats: bool = False, # run repeated indices separately (RL groups; needs out_path None)
              ) -> list:
     "Run `episodes` with `backend`; one record (messages, metadata) per episode, in the order of `episodes`."
-    if mode not in MODES: raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}")
-    if memory not in MEMORIES: raise ValueError(f"Unknown memory {memory!r}; choose one of {MEMORIES}")
-    check_style(style)
-    if n_samples < 1 or (n_samples > 1 and mode != 'logged'): raise ValueError("n_samples > 1 needs mode='logged' (n_samples >= 1)")
-    if max_sims_per_step < 1 or max_invalid < 1 or last_k < 1: raise ValueError("max_sims_per_step, max_invalid and last_k must be >= 1")
-    if max_steps is not None and max_steps < 1: raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
-    if repeats and out_path is not None: raise ValueError("repeats=True runs every index afresh: it cannot resume from out_path")
-    episodes = [int(e) for e in np.atleast_1d(np.asarray(episodes, np.int64))]
-    if episodes and (min(episodes) < 0 or max(episodes) >= len(env.data)):
-        raise ValueError(f"episode indices must be in 0..{len(env.data) - 1} of the {env.split!r} split")
-    cfg = dict(mode=mode, style=style, memory=memory, last_k=last_k, max_sims_per_step=max_sims_per_step, max_invalid=max_invalid,
-               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=int(seed), n_samples=n_samples,
-               max_steps=max_steps, keep_conversations=keep_conversations, clamp_levels=bool(clamp_levels),
+    episodes = _check_run(env, episodes, mode, style, memory, last_k, max_sims_per_step, max_invalid,
+                          n_samples, max_steps, repeats, out_path)
+    cfg = dict(mode=mode, style=style, memory=memory, last_k=last_k, max_sims_per_step=max_sims_per_step,
+               max_invalid=max_invalid, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+               seed=int(seed), n_samples=n_samples, max_steps=max_steps,
+               keep_conversations=keep_conversations, clamp_levels=bool(clamp_levels),
                backend=getattr(backend, 'name', type(backend).__name__))
     if repeats:
-        return [r for b in range(0, len(episodes), env.num_envs) for r in _run_batch(env, backend, episodes[b:b + env.num_envs], cfg)]
+        return [r for b in range(0, len(episodes), env.num_envs)
+                for r in _run_batch(env, backend, episodes[b:b + env.num_envs], cfg)]
     stay = {e: int(env.data.stay_id[e]) for e in episodes}
     have = {}
     if out_path is not None:
@@ -640,7 +713,7 @@ def run_agent(env, # SepsisEnv; episodes run env.num_envs at a time
     todo = list(dict.fromkeys(e for e in episodes if stay[e] not in have))
     for b in range(0, len(todo), env.num_envs):
         recs = _run_batch(env, backend, todo[b:b + env.num_envs], cfg)
-        recs = json.loads(json.dumps(recs))           # what the file holds, so fresh and resumed records look alike
+        recs = json.loads(json.dumps(recs))         # as the file holds them: fresh and resumed records alike
         for r in recs: have[r['stay_id']] = r
         if out_path is not None:
             with open(out_path, 'a') as f: f.writelines(json.dumps(r) + '\n' for r in recs)
@@ -649,25 +722,31 @@ def run_agent(env, # SepsisEnv; episodes run env.num_envs at a time
 def agent_summary(records: list) -> dict:
     "Mean return, mortality and guideline adherence over the finished episodes; failures counted by type."
     ok = [r['metadata'] for r in records if r['metadata']['failure'] is None]
-    fails = pd.Series([r['metadata']['failure'] for r in records if r['metadata']['failure'] is not None], dtype=object)
+    failed = [r['metadata']['failure'] for r in records if r['metadata']['failure'] is not None]
     adh = [x for m in ok for x in m['guideline'].get('adherent', [])]
-    return dict(n_episodes=len(records), n_finished=len(ok), n_failed=len(records) - len(ok), failures=fails.value_counts().to_dict(),
-                mean_return=float(np.mean([m['return'] for m in ok])) if ok and ok[0]['return'] is not None else None,
-                mortality=float(np.mean([m['died'] for m in ok])) if ok and ok[0]['died'] is not None else None,
-                adherence_pct=100 * float(np.mean(adh)) if adh else None,
-                mean_simulations_per_step=float(np.mean([x for m in ok for x in m['simulations_per_step']])) if ok else None)
+    sims = [x for m in ok for x in m['simulations_per_step']]
+    mean = lambda xs: float(np.mean(xs))
+    return dict(n_episodes=len(records), n_finished=len(ok), n_failed=len(records) - len(ok),
+                failures=pd.Series(failed, dtype=object).value_counts().to_dict(),
+                mean_return=mean([m['return'] for m in ok]) if ok and ok[0]['return'] is not None else None,
+                mortality=mean([m['died'] for m in ok]) if ok and ok[0]['died'] is not None else None,
+                adherence_pct=100 * mean(adh) if adh else None,
+                mean_simulations_per_step=mean(sims) if ok else None)
 
 # %% ../nbs/31_agent.ipynb
 def transcript_markdown(record: dict) -> str:
     "A readable Markdown transcript of one episode record."
     m = record['metadata']
     out = [f"# Episode {record['stay_id']} ({m['mode']}, {m['style']}, backend {m['backend']})", "",
-           f"- steps: {len(m['actions'])} of {m['n_steps']}; return: {m['return']}; died: {m['died']}; failure: {m['failure']}",
-           f"- simulations: {m['n_simulations']}; invalid replies: {m['n_invalid']}; actions: {' '.join(f'[{v},{f}]' for v, f in m['actions'])}", ""]
+           f"- steps: {len(m['actions'])} of {m['n_steps']}; return: {m['return']}; died: {m['died']}; "
+           f"failure: {m['failure']}",
+           f"- simulations: {m['n_simulations']}; invalid replies: {m['n_invalid']}; actions: "
+           f"{' '.join(f'[{v},{f}]' for v, f in m['actions'])}", ""]
     titles = dict(user='User', assistant='Assistant', tool_call='Tool call', tool_response='Tool response')
     for msg in record['messages']:
         role = msg['role']
-        head = f"### {titles.get(role, role)}" + (f" ({msg['name']})" if msg.get('name') else '') + (f" -- error: {msg['error']}" if msg.get('error') else '')
+        head = (f"### {titles.get(role, role)}" + (f" ({msg['name']})" if msg.get('name') else '')
+                + (f" -- error: {msg['error']}" if msg.get('error') else ''))
         body = msg.get('content') or ''
         if role == 'tool_call': body = f"```json\n{body}\n```"
         elif role == 'assistant': body = body.strip() or '*(no text)*'

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, profile_knobs, derive_seed, results_dir, read_meta, digest
+from .core import Profile, get_profile, section_knobs, derive_seed, results_dir, read_meta, digest
 from .synthicu import FEATURES
 from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften
 from .safety import policy_safety
@@ -23,22 +23,13 @@ from .worldmodel import EpisodeArrays
 from .truth import true_values
 
 # %% auto 0
-__all__ = ['EVAL_KNOBS', 'PAPER_ABLATION', 'eval_knobs', 'eval_episodes', 'logged_policy', 'agent_safety', 'subset_ope',
-           'checkpoint_tag', 'evaluate_agent', 'DecisionEnv', 'AgentPolicy', 'agent_truth', 'ablation_table']
+__all__ = ['PAPER_ABLATION', 'eval_knobs', 'eval_episodes', 'logged_policy', 'agent_safety', 'subset_ope', 'checkpoint_tag',
+           'evaluate_agent', 'DecisionEnv', 'AgentPolicy', 'agent_truth', 'ablation_table']
 
 # %% ../nbs/50_agent_eval.ipynb
-EVAL_KNOBS = {
-    'quick':   dict(n_episodes=4, n_backbone_episodes=2, n_truth_episodes=2, truth_replicas=1, n_outcome=48, n_samples=1, eps=0.01,
-                    max_new_tokens=96, batch=8),
-    'default': dict(n_episodes=16, n_backbone_episodes=6, n_truth_episodes=16, truth_replicas=2, n_outcome=200, n_samples=1, eps=0.01,
-                    max_new_tokens=128, batch=16),
-    'paper':   dict(n_episodes=None, n_backbone_episodes=None, n_truth_episodes=None, truth_replicas=4, n_outcome=2000, n_samples=4,
-                    eps=0.01, max_new_tokens=2048, batch=64),
-}
-
 def eval_knobs(profile: Profile | str | None = None, **overrides) -> dict:
     "The evaluation knobs of `profile` (None episodes = the whole test split); unknown knobs are a TypeError."
-    return profile_knobs(EVAL_KNOBS, profile, 'evaluation', **overrides)
+    return section_knobs(profile, 'evaluation', **overrides)
 
 def eval_episodes(n_test: int, n: int | None, seed: int) -> np.ndarray:
     "A seeded, sorted subset of `n` of the `n_test` test episodes (all of them when n is None or >= n_test)."
@@ -48,13 +39,15 @@ def eval_episodes(n_test: int, n: int | None, seed: int) -> np.ndarray:
 # %% ../nbs/50_agent_eval.ipynb
 def logged_policy(records: list, # logged-mode `run_agent` records, one per evaluated episode, in order
                   T: int = 20, eps: float = 0.01) -> tuple:
-    "(pi_e_all [n, T, 25] softened, finished [n] bool): the agents' action distributions at the logged states."
+    "(pi_e_all [n, T, 25] softened, finished [n] bool): the agent's action distributions at logged states."
     n = len(records)
     pi = np.full((n, T, N_ACTIONS), 1 / N_ACTIONS)
     ok = np.zeros(n, bool)
     for i, r in enumerate(records):
         md = r['metadata']
-        if md['mode'] != 'logged': raise ValueError(f"record {i} (stay {r['stay_id']}) is a {md['mode']!r} record; OPE needs mode='logged'")
+        if md['mode'] != 'logged':
+            raise ValueError(f"record {i} (stay {r['stay_id']}) is a {md['mode']!r} record; "
+                             f"OPE needs mode='logged'")
         p = np.array([[np.nan if x is None else x for x in row] for row in md['action_probs']], float)
         ok[i] = md['failure'] is None and np.isfinite(p).all()
         if ok[i]: pi[i, :len(p)] = soften(p, eps)
@@ -63,7 +56,9 @@ def logged_policy(records: list, # logged-mode `run_agent` records, one per eval
 def agent_safety(records: list) -> dict:
     "`policy_safety` of the prescriptions in finished logged-mode records, at the states the agent saw."
     rows = [(r['stay_id'], t, mb, lac, *a) for r in records if r['metadata']['failure'] is None
-            for t, (mb, lac, a) in enumerate(zip(r['metadata']['states']['meanbp'], r['metadata']['states']['lactate'], r['metadata']['actions']))]
+            for t, (mb, lac, a) in enumerate(zip(r['metadata']['states']['meanbp'],
+                                                 r['metadata']['states']['lactate'],
+                                                 r['metadata']['actions']))]
     if not rows: return dict(adherence_pct=np.nan, underdosing_pct=np.nan, overdosing_pct=np.nan)
     df = pd.DataFrame(rows, columns=['stay_id', 'step', 'meanbp', 'lactate', 'vaso', 'fluid'])
     return policy_safety(df[['stay_id', 'step', 'meanbp', 'lactate']], df[['vaso', 'fluid']].to_numpy())
@@ -78,7 +73,8 @@ def subset_ope(test, # `truth.LoggedData` of the whole test split
     keep = np.ones(len(idx), bool) if keep is None else np.asarray(keep, bool)
     if not keep.any(): return dict(n_ope=0)
     rows = np.asarray(idx)[keep]
-    out = evaluate_policy(test.rewards[rows], test.lengths[rows], test.pi_b[rows], q_hat=q_grid[rows], pi_e_all=pi_e_all[keep],
+    out = evaluate_policy(test.rewards[rows], test.lengths[rows], test.pi_b[rows], q_hat=q_grid[rows],
+                          pi_e_all=pi_e_all[keep],
                           actions=test.actions[rows], gamma=GAMMA, n_boot=n_boot, seed=seed, clip=clip)
     return {k: v for k, v in out.items() if k != 'replicates'} | dict(n_ope=int(keep.sum()))
 
@@ -97,27 +93,31 @@ def evaluate_agent(name: str, # row id, used in file names
                    prompt: dict, # style, memory, last_k, max_invalid (the curriculum's `rl_knobs`)
                    knobs: dict, # `eval_knobs`
                    out_dir: Path | None = None, # where the JSONL records go (None: not saved)
-                   tag: str = '', seed: int = 0, n_boot: int = 2000, modes: tuple = ('logged', 'rollout')) -> dict:
-    "One table row: OPE and safety from logged mode, world-model survival and return from rollout mode, failures counted."
+                   tag: str = '', seed: int = 0, n_boot: int = 2000,
+                   modes: tuple = ('logged', 'rollout')) -> dict:
+    "One table row: OPE and safety (logged mode), world-model survival and return (rollout mode), failures."
     row, t0 = dict(name=name, n_episodes=len(idx)), time.time()
-    common = dict(style=prompt['style'], memory=prompt['memory'], last_k=prompt['last_k'], max_invalid=prompt['max_invalid'],
-                  max_new_tokens=knobs['max_new_tokens'], seed=seed)
+    common = dict(style=prompt['style'], memory=prompt['memory'], last_k=prompt['last_k'],
+                  max_invalid=prompt['max_invalid'], max_new_tokens=knobs['max_new_tokens'], seed=seed)
     path = lambda mode: None if out_dir is None else Path(out_dir) / f"eval_{name}_{mode}_{tag}.jsonl"
     if 'logged' in modes:
-        recs = run_agent(env, backend, idx, mode='logged', n_samples=knobs['n_samples'], out_path=path('logged'), **common)
+        recs = run_agent(env, backend, idx, mode='logged', n_samples=knobs['n_samples'],
+                         out_path=path('logged'), **common)
         pi, ok = logged_policy(recs, test.rewards.shape[1], knobs['eps'])
         row |= subset_ope(test, idx, pi, q_grid, ok, n_boot=n_boot, seed=seed)
         row |= agent_safety(recs) | dict(logged_failed=int((~ok).sum()))
     if 'rollout' in modes:
         recs = run_agent(env, backend, idx, mode='rollout', out_path=path('rollout'), **common)
         s = agent_summary(recs)
-        row |= dict(wm_survival_pct=None if s['mortality'] is None else 100 * (1 - s['mortality']), wm_avg_return=s['mean_return'],
-                    rollout_failed=s['n_failed'], failures=s['failures'], rollout_adherence_pct=s['adherence_pct'])
+        row |= dict(wm_survival_pct=None if s['mortality'] is None else 100 * (1 - s['mortality']),
+                    wm_avg_return=s['mean_return'],
+                    rollout_failed=s['n_failed'], failures=s['failures'],
+                    rollout_adherence_pct=s['adherence_pct'])
     return row | dict(eval_seconds=time.time() - t0)
 
 # %% ../nbs/50_agent_eval.ipynb
 class DecisionEnv(SepsisEnv):
-    "The current decision of each patient in a `StateBatch` as a one-step `SepsisEnv`, so `run_agent` can act inside another simulator."
+    "Each patient's current decision in a `StateBatch` as a one-step `SepsisEnv`, for `run_agent` elsewhere."
     def __init__(self, wm, # the world model that answers `simulation`
                  ep, # the episodes (scalers, bins, patient information by stay id)
                  num_envs: int, # conversations at a time
@@ -131,67 +131,82 @@ class DecisionEnv(SepsisEnv):
         e = batch.episode
         as_t = lambda x, dtype=torch.float32: torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
         z = as_t(batch.z[e])
-        self.data = EpisodeArrays(batch.stay_id[e], z, as_t(batch.masks[e]), as_t(batch.static[e]), as_t(batch.actions[e], torch.int64),
-                                  torch.zeros(z.shape[:2]), torch.from_numpy(batch.t + 1), torch.zeros(len(e)))
+        self.data = EpisodeArrays(batch.stay_id[e], z, as_t(batch.masks[e]), as_t(batch.static[e]),
+                                  as_t(batch.actions[e], torch.int64),
+                                  torch.zeros(z.shape[:2]), torch.from_numpy(batch.t + 1),
+                                  torch.zeros(len(e)))
         self.batch = batch
         return self
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if self.batch is None: raise RuntimeError("DecisionEnv.load(batch) first: it has no decisions to make")
+        if self.batch is None:
+            raise RuntimeError("DecisionEnv.load(batch) first: it has no decisions to make")
         super().reset(seed=seed, options=options)
         i, b = self.idx, self.batch
-        self.t = b.t[i].copy()                                        # start at the decision, not at admission
-        self.actions = b.actions[b.episode[i]].astype(np.int64).copy()  # the policy's own earlier prescriptions
-        self.raw = b.raw[b.episode[i]].astype(np.float64).copy()       # the hospital's values, not a round trip through z
+        # start at the decision, not at admission
+        self.t = b.t[i].copy()
+        # the policy's own earlier prescriptions
+        self.actions = b.actions[b.episode[i]].astype(np.int64).copy()
+        # the hospital's values, not a round trip through z
+        self.raw = b.raw[b.episode[i]].astype(np.float64).copy()
         return self._observation(), self._info(np.zeros(len(i), bool))
 
 # %% ../nbs/50_agent_eval.ipynb
 class AgentPolicy(Policy):
-    "A language-model agent as a `Policy` for `truth.true_values`: one step-memory agent-loop conversation per patient per decision."
+    "A language-model agent as a `Policy` for `truth.true_values`: one step-memory conversation per decision."
     deterministic = False
-    def __init__(self, backend, # an `agent.Backend`, or a function env -> Backend (for backends that read the env, like the teacher)
+    def __init__(self, backend, # an `agent.Backend`, or env -> Backend (the teacher reads the env)
                  wm, # the world model that answers `simulation`
                  ep, # the episodes
                  prompt: dict, # style, last_k, max_invalid (as `evaluate_agent`)
-                 fallback: Policy, # treats a patient after its trajectory failed (the clinicians' behaviour policy)
+                 # treats a patient after its trajectory failed (the clinicians' behaviour policy)
+                 fallback: Policy,
                  num_envs: int = 16, # conversations at a time
                  max_new_tokens: int = 512, seed: int = 0, name: str = 'agent'):
         self.env = DecisionEnv(wm, ep, num_envs, seed=seed)
         self.backend = backend if isinstance(backend, Backend) else backend(self.env)
-        self.prompt, self.fallback, self.max_new_tokens, self.seed, self.name = prompt, fallback, max_new_tokens, seed, name
+        (self.prompt, self.fallback, self.max_new_tokens,
+         self.seed, self.name) = prompt, fallback, max_new_tokens, seed, name
         self.failed = None
 
     def act(self, batch: StateBatch, rng: np.random.Generator | None = None) -> np.ndarray:
         if self.failed is None or batch.t.max() == 0:               # admission: a new set of trajectories
-            self.failed, self.failures, self.n_agent_decisions, self.n_fallback_decisions, self.n_simulations = np.zeros(len(batch), bool), {}, 0, 0, 0
+            (self.failed, self.failures, self.n_agent_decisions, self.n_fallback_decisions,
+             self.n_simulations) = np.zeros(len(batch), bool), {}, 0, 0, 0
         acts = np.zeros((len(batch), 2), np.int64)
         live = np.flatnonzero(~self.failed)
         if len(live):
             self.env.load(batch.subset(live))
-            recs = run_agent(self.env, self.backend, np.arange(len(live)), mode='rollout', memory='step', style=self.prompt['style'],
-                             last_k=self.prompt['last_k'], max_invalid=self.prompt['max_invalid'], max_new_tokens=self.max_new_tokens,
+            recs = run_agent(self.env, self.backend, np.arange(len(live)), mode='rollout', memory='step',
+                             style=self.prompt['style'],
+                             last_k=self.prompt['last_k'], max_invalid=self.prompt['max_invalid'],
+                             max_new_tokens=self.max_new_tokens,
                              seed=self.seed + 7919 * int(batch.t.max()), repeats=True)
             for i, r in zip(live, recs):
                 md = r['metadata']
                 if md['failure'] is None and md['actions']:
-                    acts[i] = md['actions'][-1]; self.n_simulations += md['n_simulations']
+                    acts[i] = md['actions'][-1]
+                    self.n_simulations += md['n_simulations']
                 else:
-                    self.failed[i] = True; kind = md['failure'] or 'no_prescription'
+                    self.failed[i] = True
+                    kind = md['failure'] or 'no_prescription'
                     self.failures[kind] = self.failures.get(kind, 0) + 1
         gone = self.failed.copy()
         if gone.any(): acts[gone] = self.fallback.act(batch.subset(np.flatnonzero(gone)), rng)
-        self.n_agent_decisions += int((~gone).sum()); self.n_fallback_decisions += int(gone.sum())
+        self.n_agent_decisions += int((~gone).sum())
+        self.n_fallback_decisions += int(gone.sum())
         return acts
 
     def _probs(self, batch):
-        raise NotImplementedError("AgentPolicy acts through conversations and keeps trajectory state; its action distribution at "
+        raise NotImplementedError("AgentPolicy acts through conversations and keeps trajectory state; its "
+                                  "action distribution at "
                                   "logged states comes from run_agent in logged mode (`evaluate_agent`)")
 
 # %% ../nbs/50_agent_eval.ipynb
 def agent_truth(hospital, # the built `SynthICU`
                 ep, policy: Policy, # any `Policy`; an `AgentPolicy` also reports its failed trajectories
                 stay_ids, replicas: int, seed: int = 0) -> dict:
-    "True survival % and value of `policy` in the hospital; an agent's failed trajectories are left out and counted."
+    "True survival % and value of `policy` in the hospital; failed agent trajectories left out and counted."
     res = true_values(hospital, ep, policy, stay_ids, replicas=replicas, seed=seed)
     failed = (policy.failed.reshape(res.survived.shape) if getattr(policy, 'failed', None) is not None
               else np.zeros(res.survived.shape, bool))
@@ -208,12 +223,15 @@ PAPER_ABLATION = pd.DataFrame([   # paper, ablation table (MIMIC-IV, Qwen3-4B ba
     ('+ Stage I SFT', 9.21, 7.17, 19.56, 88.01, 1.09, 67.50, 50.25, 76.40, 65.11),
     ('+ Stage II BC', 8.99, 6.81, 19.61, 96.89, 0.51, 67.55, 46.63, 74.56, 63.70),
     ('+ Stage III RL', 10.01, 11.14, 23.40, 97.95, 0.22, 68.52, 53.45, 79.96, 68.83)],
-    columns=['Stage', 'DR', 'WIS', 'WPDIS', 'Adherence %', 'Unsafe %', 'IHM AUROC', 'IHM AUPRC', 'VR AUROC', 'VR AUPRC'])
+    columns=['Stage', 'DR', 'WIS', 'WPDIS', 'Adherence %', 'Unsafe %', 'IHM AUROC', 'IHM AUPRC', 'VR AUROC',
+             'VR AUPRC'])
 
 def _missing(x) -> bool: return x is None or (isinstance(x, float) and not np.isfinite(x))
 def _fmt(x, d=2): return 'n/a' if _missing(x) else f"{x:.{d}f}"
 def _x100(x): return None if x is None else 100 * x
-def _ci(r, k): return 'n/a (all failed)' if not r.get('n_ope') else f"{r[k]:.2f} [{r[k + '_lo']:.2f}, {r[k + '_hi']:.2f}]"
+def _ci(r, k):
+    return ('n/a (all failed)' if not r.get('n_ope')
+            else f"{r[k]:.2f} [{r[k + '_lo']:.2f}, {r[k + '_hi']:.2f}]")
 def _truth(r, k, d=2):
     "A truth cell: n/a without SynthICU, 'all failed' when no trajectory finished, the value ± its SE."
     if _missing(r.get('true_n')): return 'n/a'
@@ -226,10 +244,17 @@ def ablation_table(results: pd.DataFrame) -> pd.DataFrame:
     out = []
     for r in results.to_dict('records'):
         out.append({'Stage': r['label'], 'DR': _ci(r, 'dr'), 'WIS': _ci(r, 'wis'), 'WPDIS': _ci(r, 'wpdis'),
-                    'WIS ESS': _fmt(r.get('ess') if r.get('n_ope') else None, 1), 'Adherence %': _fmt(r.get('adherence_pct')), 'Unsafe %': _fmt(r.get('underdosing_pct', np.nan) + r.get('overdosing_pct', np.nan)),
-                    **{f'{t} {m}': _fmt(_x100(r.get(f'{t}_{m}'.lower()))) for t in ('IHM', 'VR') for m in ('AUROC', 'AUPRC')},
-                    'Failed (logged / rollout)': f"{r.get('logged_failed', 0)} / {r.get('rollout_failed', 0)}",
-                    'WM survival %': _fmt(r.get('wm_survival_pct'), 1), 'WM avg return': _fmt(r.get('wm_avg_return')),
-                    'TRUE survival %': _truth(r, 'true_survival_pct', 1), 'TRUE value': _truth(r, 'true_value'),
-                    'Failed (true)': _fmt(r.get('true_failed'), 0) + ('' if _missing(r.get('true_n')) else f" of {r['true_n']}")})
+                    'WIS ESS': _fmt(r.get('ess') if r.get('n_ope') else None, 1),
+                    'Adherence %': _fmt(r.get('adherence_pct')),
+                    'Unsafe %': _fmt(r.get('underdosing_pct', np.nan) + r.get('overdosing_pct', np.nan)),
+                    **{f'{t} {m}': _fmt(_x100(r.get(f'{t}_{m}'.lower())))
+                       for t in ('IHM', 'VR') for m in ('AUROC', 'AUPRC')},
+                    'Failed (logged / rollout)': (f"{r.get('logged_failed', 0)} / "
+                                                  f"{r.get('rollout_failed', 0)}"),
+                    'WM survival %': _fmt(r.get('wm_survival_pct'), 1),
+                    'WM avg return': _fmt(r.get('wm_avg_return')),
+                    'TRUE survival %': _truth(r, 'true_survival_pct', 1),
+                    'TRUE value': _truth(r, 'true_value'),
+                    'Failed (true)': _fmt(r.get('true_failed'),
+                                          0) + ('' if _missing(r.get('true_n')) else f" of {r['true_n']}")})
     return pd.DataFrame(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .agent import Reply, Backend
+from .agent import Reply, Backend, TOOL_CALL_RE
 from .prompts import TOOLS, tool_block
 
 # %% auto 0
@@ -29,19 +29,21 @@ __all__ = ['api_messages', 'split_turns', 'fit_messages', 'StopOnSequences', 'ge
            'endpoint_from_env', 'hermes_tool_calls', 'completion_response']
 
 # %% ../nbs/33_backends.ipynb
-_CALL_BLOCK = re.compile(r"\s*<tool_call>.*?(?:</tool_call>|$)", re.S)
-_KEYS = dict(system=('role', 'content'), user=('role', 'content'), assistant=('role', 'content', 'tool_calls'),
-             tool=('role', 'content', 'tool_call_id'))
+# a call block as the agent finds it, with the space before
+_CALL_BLOCK = re.compile(r"\s*" + TOOL_CALL_RE.pattern, re.S)
+_KEYS = dict(system=('role', 'content'), user=('role', 'content'),
+             assistant=('role', 'content', 'tool_calls'), tool=('role', 'content', 'tool_call_id'))
 
 def _api_call(tc: dict, i: int) -> dict:
     "An OpenAI-format tool call with JSON-string arguments and an id."
     fn = tc.get('function', tc)
     args = fn.get('arguments', {})
     return dict(id=tc.get('id') or f"call_{i}", type='function',
-                function=dict(name=fn.get('name'), arguments=args if isinstance(args, str) else json.dumps(args)))
+                function=dict(name=fn.get('name'),
+                              arguments=args if isinstance(args, str) else json.dumps(args)))
 
 def api_messages(messages: list, # OpenAI-format messages as the agent keeps them
-                 tools: list | None = TOOLS, # the tools sent alongside (None: the system message keeps its tool block)
+                 tools: list | None = TOOLS, # the tools sent alongside (None: the system keeps the block)
                 ) -> list:
     "`messages` in the canonical form for a chat template or an OpenAI-compatible server."
     block = "\n\n" + tool_block(tools) if tools else None
@@ -61,7 +63,7 @@ def api_messages(messages: list, # OpenAI-format messages as the agent keeps the
 
 # %% ../nbs/33_backends.ipynb
 def split_turns(messages: list) -> tuple:
-    "(head, turns): leading system messages plus the first user message, then the rest cut before each assistant message."
+    "(head, turns): system messages and the first user message, then the rest cut before each assistant turn."
     i = 0
     while i < len(messages) and messages[i].get('role') == 'system': i += 1
     if i < len(messages) and messages[i].get('role') == 'user': i += 1
@@ -75,10 +77,11 @@ def fit_messages(messages: list, # a conversation
                  n_tokens, # callable: messages -> prompt length in tokens
                  budget: int, # the most prompt tokens allowed
                 ) -> tuple:
-    "(messages, dropped): the oldest whole turns after the head dropped until the prompt fits; None when even head + newest turn do not."
+    "(messages, dropped): the oldest whole turns dropped until it fits; None if head + newest turn don't."
     head, turns = split_turns(messages)
     if n_tokens(messages) <= budget: return messages, 0
-    lo, hi = 1, len(turns) - 1             # drop k turns, 1 <= k <= len(turns) - 1; the prompt shrinks as k grows
+    # drop k turns, 1 <= k <= len(turns) - 1; the prompt shrinks as k grows
+    lo, hi = 1, len(turns) - 1
     if hi < lo or n_tokens(head + turns[-1]) > budget: return None, len(turns)
     while lo < hi:                         # the smallest k that fits
         k = (lo + hi) // 2
@@ -97,23 +100,25 @@ class StopOnSequences:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         n_new = input_ids.shape[1] - self.prompt_len
         for s in self.stops:
-            if n_new >= len(s): done |= (input_ids[:, -len(s):] == torch.tensor(s, device=input_ids.device)).all(1)
+            if n_new >= len(s):
+                done |= (input_ids[:, -len(s):] == torch.tensor(s, device=input_ids.device)).all(1)
         return done
 
 def generated_length(ids: list, # generated token ids (after the prompt, padding included)
                      eos_ids: set, # ids that end a turn
                      stops: list, # token-id sequences that end a reply (kept in it)
                     ) -> tuple:
-    "(n, finish_reason): the tokens up to and including the first stop or eos, and 'stop'; else all of them and 'length'."
+    "(n, finish_reason): tokens up to and including the first stop or eos and 'stop'; else all and 'length'."
     for i, t in enumerate(ids):
         if t in eos_ids: return i + 1, 'stop'
-        if any(len(s) and i + 1 >= len(s) and ids[i + 1 - len(s):i + 1] == list(s) for s in stops): return i + 1, 'stop'
+        if any(len(s) and i + 1 >= len(s) and ids[i + 1 - len(s):i + 1] == list(s) for s in stops):
+            return i + 1, 'stop'
     return len(ids), 'length'
 
 # %% ../nbs/33_backends.ipynb
 @dataclass
 class LMReply(Reply):
-    "A `Reply` of a local model, with its prompt length and the number of oldest messages dropped to fit the context."
+    "A `Reply` of a local model, with its prompt length and the number of oldest messages dropped to fit."
     prompt_tokens: int = 0
     truncated: int = 0
 
@@ -131,11 +136,11 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
 
 # %% ../nbs/33_backends.ipynb
 class TransformersBackend(Backend):
-    "A causal LM with a chat template, run in-process: batched, left-padded, seeded, stopping after `</tool_call>`."
-    def __init__(self, path_or_hub_id: str | Path, # a save_pretrained directory (or a hub id already in the local cache)
+    "A causal LM with a chat template, in-process: batched, left-padded, seeded, stops after `</tool_call>`."
+    def __init__(self, path_or_hub_id: str | Path, # a save_pretrained directory (or a locally cached hub id)
                  device: str = 'auto', # 'auto' | 'cuda' | 'cpu' | 'cuda:1' ...
                  dtype = 'auto', # 'auto' (bf16 on GPU, fp32 on CPU), a torch dtype or its name
-                 max_context: int | None = None, # prompt + reply tokens; None: the model's max_position_embeddings
+                 max_context: int | None = None, # prompt + reply tokens; None: max_position_embeddings
                  batch_size: int = 32, # conversations per generate call
                  stop: tuple = ('</tool_call>',), # texts after which a reply ends (besides eos)
                  name: str | None = None,
@@ -145,34 +150,41 @@ class TransformersBackend(Backend):
         dtype = resolve_dtype(dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id)
         if not getattr(tokenizer, 'chat_template', None):
-            raise ValueError(f"{path_or_hub_id} has no chat template: use an Instruct checkpoint or a SepsisAgent-tiny directory")
+            raise ValueError(f"{path_or_hub_id} has no chat template: use an Instruct checkpoint or a "
+                             f"SepsisAgent-tiny directory")
         model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, dtype=dtype).to(device).eval()
-        self._setup(model, tokenizer, device, max_context, batch_size, stop, name or Path(str(path_or_hub_id)).name)
+        self._setup(model, tokenizer, device, max_context, batch_size, stop,
+                    name or Path(str(path_or_hub_id)).name)
 
     @classmethod
-    def from_model(cls, model, # a loaded causal LM (e.g. the one a trainer is updating; used as is, not copied)
+    def from_model(cls, model, # a loaded causal LM (e.g. the one a trainer updates; used as is, not copied)
                    tokenizer, # its tokenizer, with a chat template
-                   max_context: int | None = None, batch_size: int = 32, stop: tuple = ('</tool_call>',), name: str = 'live'):
+                   max_context: int | None = None, batch_size: int = 32, stop: tuple = ('</tool_call>',),
+                   name: str = 'live'):
         "A backend over a model already in memory: generation sees its current weights."
         if not getattr(tokenizer, 'chat_template', None): raise ValueError("tokenizer has no chat template")
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, str(next(model.parameters()).device), max_context, batch_size, stop, name)
+        self._setup(model, tokenizer, str(next(model.parameters()).device), max_context, batch_size, stop,
+                    name)
         return self
 
     def _setup(self, model, tokenizer, device, max_context, batch_size, stop, name):
-        self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, next(model.parameters()).dtype
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.dtype = next(model.parameters()).dtype
         gc, tok = self.model.generation_config, self.tokenizer
         eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos_ids)
         self.stops = [tok.encode(s, add_special_tokens=False) for s in stop]
-        self.max_context = max_context or getattr(self.model.config, 'max_position_embeddings', None) or tok.model_max_length
+        self.max_context = (max_context or getattr(self.model.config, 'max_position_embeddings', None)
+                            or tok.model_max_length)
         self.batch_size, self.name = batch_size, name
         self._lock = threading.Lock()
 
     def prompt(self, messages: list, tools: list | None = None) -> str:
-        "The text the model continues: `messages` through the chat template, ending with an open assistant turn."
-        return self.tokenizer.apply_chat_template(api_messages(messages, tools), tools=tools, add_generation_prompt=True, tokenize=False)
+        "The text the model continues: `messages` through the chat template, then an open assistant turn."
+        return self.tokenizer.apply_chat_template(api_messages(messages, tools), tools=tools,
+                                                  add_generation_prompt=True, tokenize=False)
 
     def n_prompt_tokens(self, messages: list, tools: list | None = None) -> int:
         return len(self.tokenizer(self.prompt(messages, tools), add_special_tokens=False)['input_ids'])
@@ -180,7 +192,8 @@ class TransformersBackend(Backend):
     def _generation_config(self, max_new_tokens, temperature, top_p):
         gc = copy.deepcopy(self.model.generation_config)
         sample = bool(temperature and temperature > 0)
-        gc.update(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+        gc.update(max_new_tokens=max_new_tokens, do_sample=sample,
+                  temperature=temperature if sample else None,
                   top_p=top_p if sample else None, top_k=gc.top_k if sample else None,
                   eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id, use_cache=True)
         return gc
@@ -188,7 +201,8 @@ class TransformersBackend(Backend):
     @torch.inference_mode()
     def _generate(self, texts: list, gc, seed) -> list:
         "(token ids, prompt length) per text, generated together."
-        enc = self.tokenizer(texts, return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(texts, return_tensors='pt', padding=True, padding_side='left',
+                             add_special_tokens=False).to(self.device)
         L = enc['input_ids'].shape[1]
         crit = StopOnSequences(self.stops, prompt_len=L)
         devices = [torch.device(self.device).index or 0] if self.device.startswith('cuda') else []
@@ -200,7 +214,8 @@ class TransformersBackend(Backend):
 
     def chat(self, conversations: list, # OpenAI-format conversations
              tools: list | None = None, # OpenAI-format tools, rendered by the chat template
-             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, seed: int | None = None,
+             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
+             seed: int | None = None,
              context: list | None = None, # ignored (for non-LLM backends)
             ) -> list:
         "One `LMReply` per conversation, in order; errors become replies, never exceptions."
@@ -218,19 +233,24 @@ class TransformersBackend(Backend):
             with self._lock:
                 for b in range(0, len(todo), self.batch_size):
                     chunk = todo[b:b + self.batch_size]
-                    try: outs = self._generate([t for _, t, _ in chunk], gc, None if seed is None else seed + b)
+                    try:
+                        outs = self._generate([t for _, t, _ in chunk], gc,
+                                              None if seed is None else seed + b)
                     except Exception as e:
                         for i, _, d in chunk: replies[i] = _error_reply(e, truncated=d)
                         if self.device.startswith('cuda'): torch.cuda.empty_cache()
                         continue
                     for (i, _, d), (ids, n_prompt) in zip(chunk, outs):
                         n, reason = generated_length(ids, self.eos_ids, self.stops)
-                        replies[i] = LMReply(self.tokenizer.decode(ids[:n], skip_special_tokens=True), finish_reason=reason,
+                        replies[i] = LMReply(self.tokenizer.decode(ids[:n], skip_special_tokens=True),
+                                             finish_reason=reason,
                                              n_tokens=n, prompt_tokens=n_prompt, truncated=d)
             return replies
         except Exception as e: return [_error_reply(e) for _ in conversations]
 
-    def __repr__(self): return f"TransformersBackend({self.name!r}, device={self.device!r}, dtype={str(self.dtype).split('.')[-1]})"
+    def __repr__(self):
+        dtype = str(self.dtype).split('.')[-1]
+        return f"TransformersBackend({self.name!r}, device={self.device!r}, dtype={dtype})"
 
 # %% ../nbs/33_backends.ipynb
 def _post_json(url: str, body: dict, headers: dict, timeout: float) -> dict:
@@ -244,24 +264,27 @@ def transport_error(e: BaseException) -> tuple:
     reason = e.reason if isinstance(e, urllib.error.URLError) else e
     if isinstance(reason, (TimeoutError, socket.timeout)): return 'timeout', True
     if isinstance(reason, ConnectionRefusedError): return 'refused', True
-    if isinstance(reason, (OSError, ConnectionError)) or isinstance(e, urllib.error.URLError): return 'connection', True
+    if isinstance(reason, (OSError, ConnectionError)) or isinstance(e, urllib.error.URLError):
+        return 'connection', True
     if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)): return 'bad_response', False
     return type(e).__name__, False
 
 def reply_from_response(resp: dict) -> Reply:
     "A `Reply` from an OpenAI chat-completion response (its first choice)."
     try:
-        ch = resp['choices'][0]; msg = ch['message']
+        ch = resp['choices'][0]
+        msg = ch['message']
         tcs = msg.get('tool_calls') or None
         reason = ch.get('finish_reason') or 'stop'
-        return Reply(msg.get('content') or '', tool_calls=tcs, finish_reason=reason if reason in ('stop', 'length', 'tool_calls') else 'stop',
+        return Reply(msg.get('content') or '', tool_calls=tcs,
+                     finish_reason=reason if reason in ('stop', 'length', 'tool_calls') else 'stop',
                      n_tokens=int((resp.get('usage') or {}).get('completion_tokens') or 0))
     except Exception: return Reply('', finish_reason='error', error='bad_response')
 
 # %% ../nbs/33_backends.ipynb
 class OpenAIBackend(Backend):
-    "Conversations answered by an OpenAI-compatible chat-completions endpoint (vLLM, a hosted model), concurrently, with retries."
-    def __init__(self, base_url: str, # e.g. 'http://localhost:8000/v1' (a trailing '/v1' is added when missing)
+    "Conversations answered by an OpenAI-compatible endpoint (vLLM, a hosted model), concurrently, retried."
+    def __init__(self, base_url: str, # e.g. 'http://localhost:8000/v1' ('/v1' is added when missing)
                  model: str, # the served model name
                  api_key: str | None = None, # None: $OPENAI_API_KEY (may be unset for local servers)
                  concurrency: int = 8, # requests in flight at once
@@ -272,15 +295,18 @@ class OpenAIBackend(Backend):
                 ):
         base = base_url.rstrip('/')
         self.base_url = base if base.endswith('/v1') else base + '/v1'
-        self.model, self.concurrency, self.timeout, self.retries, self.backoff = model, concurrency, timeout, retries, backoff
+        self.model, self.concurrency, self.timeout = model, concurrency, timeout
+        self.retries, self.backoff = retries, backoff
         self.extra_body, self.name = dict(extra_body or {}), f"openai:{model}"
         self.__key = api_key if api_key is not None else os.environ.get('OPENAI_API_KEY')
 
     def _headers(self) -> dict: return {'Authorization': f"Bearer {self.__key}"} if self.__key else {}
 
-    def request_body(self, messages: list, tools: list | None, max_new_tokens: int, temperature: float, top_p: float, seed) -> dict:
+    def request_body(self, messages: list, tools: list | None, max_new_tokens: int, temperature: float,
+                     top_p: float, seed) -> dict:
         "The JSON body of one chat-completion request."
-        body = dict(model=self.model, messages=api_messages(messages, tools), max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        body = dict(model=self.model, messages=api_messages(messages, tools), max_tokens=max_new_tokens,
+                    temperature=temperature, top_p=top_p)
         if tools: body.update(tools=tools, tool_choice='auto')
         if seed is not None: body['seed'] = int(seed)
         return {**body, **self.extra_body}
@@ -289,7 +315,9 @@ class OpenAIBackend(Backend):
         err = 'unknown'
         for attempt in range(self.retries + 1):
             if attempt: time.sleep(self.backoff * 2 ** (attempt - 1))
-            try: return reply_from_response(_post_json(f"{self.base_url}/chat/completions", body, self._headers(), self.timeout))
+            try:
+                return reply_from_response(_post_json(f"{self.base_url}/chat/completions", body,
+                                                      self._headers(), self.timeout))
             except Exception as e:
                 err, retry = transport_error(e)
                 if not retry: break
@@ -297,12 +325,15 @@ class OpenAIBackend(Backend):
 
     def chat(self, conversations: list, # OpenAI-format conversations
              tools: list | None = None, # OpenAI-format tools
-             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, seed: int | None = None,
+             *, max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
+             seed: int | None = None,
              context: list | None = None, # ignored
             ) -> list:
         "One `Reply` per conversation, in order; transport failures become `Reply(error=...)`."
         def one(i):
-            try: return self._one(self.request_body(conversations[i], tools, max_new_tokens, temperature, top_p, None if seed is None else seed + i))
+            try:
+                return self._one(self.request_body(conversations[i], tools, max_new_tokens, temperature,
+                                                   top_p, None if seed is None else seed + i))
             except Exception as e: return Reply('', finish_reason='error', error=type(e).__name__)
         if not conversations: return []
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(conversations)))) as pool:
@@ -311,28 +342,33 @@ class OpenAIBackend(Backend):
     def models(self) -> list:
         "The model ids the endpoint serves (GET /v1/models); raises on transport errors."
         req = urllib.request.Request(f"{self.base_url}/models", headers=self._headers())
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp: return [m['id'] for m in json.loads(resp.read())['data']]
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return [m['id'] for m in json.loads(resp.read())['data']]
 
-    def __repr__(self): return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, key={'set' if self.__key else 'none'})"
+    def __repr__(self):
+        key = 'set' if self.__key else 'none'
+        return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, key={key})"
 
 def endpoint_from_env(**kwargs) -> OpenAIBackend | None:
-    "An `OpenAIBackend` for $SEPSISAGENT_LLM_BASE_URL / $SEPSISAGENT_LLM_MODEL ($OPENAI_API_KEY as key), or None when either is unset."
+    "An `OpenAIBackend` for $SEPSISAGENT_LLM_BASE_URL and _MODEL (key $OPENAI_API_KEY); None if one is unset."
     url, model = os.environ.get('SEPSISAGENT_LLM_BASE_URL'), os.environ.get('SEPSISAGENT_LLM_MODEL')
     return OpenAIBackend(url, model, **kwargs) if url and model else None
 
 # %% ../nbs/33_backends.ipynb
-_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+# closed blocks only, as vLLM's hermes parser reads them (the agent's TOOL_CALL_RE also takes an unclosed one)
+_HERMES_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 def hermes_tool_calls(text: str) -> tuple:
-    "(content, tool_calls) of generated `text` as vLLM's hermes parser gives them; tool_calls None when there is no valid call."
+    "(content, tool_calls) of `text` as vLLM's hermes parser reads it; tool_calls None without a valid call."
     calls = []
-    for m in _BLOCK.finditer(text or ''):
+    for m in _HERMES_BLOCK.finditer(text or ''):
         try: obj = json.loads(m.group(1).strip())
         except Exception: return text, None
         if not isinstance(obj, dict) or 'name' not in obj: return text, None
         args = obj.get('arguments', {})
         calls.append(dict(id=f"chatcmpl-tool-{uuid.uuid4().hex[:16]}", type='function',
-                          function=dict(name=obj['name'], arguments=args if isinstance(args, str) else json.dumps(args))))
+                          function=dict(name=obj['name'],
+                                        arguments=args if isinstance(args, str) else json.dumps(args))))
     if not calls: return text, None
     content = text[:text.index('<tool_call>')].strip()
     return content or None, calls
@@ -340,9 +376,12 @@ def hermes_tool_calls(text: str) -> tuple:
 def completion_response(reply: Reply, model: str) -> dict:
     "An OpenAI chat-completion response body for `reply`."
     content, calls = hermes_tool_calls(reply.text)
-    reason = 'tool_calls' if calls else (reply.finish_reason if reply.finish_reason in ('stop', 'length') else 'stop')
+    reason = ('tool_calls' if calls
+              else reply.finish_reason if reply.finish_reason in ('stop', 'length') else 'stop')
     msg = dict(role='assistant', content=content, tool_calls=calls or [])
     pt = int(getattr(reply, 'prompt_tokens', 0) or 0)
-    return dict(id=f"chatcmpl-{uuid.uuid4().hex}", object='chat.completion', created=int(time.time()), model=model,
+    return dict(id=f"chatcmpl-{uuid.uuid4().hex}", object='chat.completion', created=int(time.time()),
+                model=model,
                 choices=[dict(index=0, message=msg, finish_reason=reason, logprobs=None)],
-                usage=dict(prompt_tokens=pt, completion_tokens=reply.n_tokens, total_tokens=pt + reply.n_tokens))
+                usage=dict(prompt_tokens=pt, completion_tokens=reply.n_tokens,
+                           total_tokens=pt + reply.n_tokens))

@@ -15,28 +15,30 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
-from .core import (upstream_key, Profile, get_profile, derive_seed, seed_everything, results_dir, build_once, provenance,
-                              module_fingerprint, read_meta, processed_dir)
+from .core import (upstream_key, Profile, get_profile, derive_seed, seed_everything, results_dir,
+                              build_once, provenance, module_fingerprint, read_meta, processed_dir)
 from .synthicu import FEATURES
 from .episodes import Episodes, load_or_build_episodes, MASKS
-from .ope import N_ACTIONS, soften, one_hot
+from .ope import N_ACTIONS, PI_B_FLOOR, SOFTEN_EPS, soften, one_hot, torch_threads
+from .safety import N_LEVELS
 
 # %% auto 0
-__all__ = ['N_LEVELS', 'N_FEATURES', 'PI_B_FLOOR', 'BASELINES', 'BASELINE_LABELS', 'action_index', 'action_levels', 'StateBatch',
-           'logged_states', 'env_state_batch', 'logged_actions', 'check_probs', 'Policy', 'RandomPolicy',
-           'ConstantPolicy', 'NoTreatmentPolicy', 'KNNBehaviour', 'MultinomialBehaviour', 'behaviour_loglik',
-           'fit_behaviour', 'transitions', 'policy_iteration', 'AIClinicianPolicy', 'train_ai_clinician', 'DQNConfig',
-           'DuelingQNet', 'dqn_target', 'DQNPolicy', 'train_dqn', 'train_baseline', 'load_or_train_baseline']
+__all__ = ['N_FEATURES', 'BASELINES', 'BASELINE_LABELS', 'action_index', 'action_levels', 'StateBatch', 'logged_states',
+           'env_state_batch', 'logged_actions', 'check_probs', 'Policy', 'RandomPolicy', 'ConstantPolicy',
+           'NoTreatmentPolicy', 'KNNBehaviour', 'MultinomialBehaviour', 'behaviour_loglik', 'fit_behaviour',
+           'transitions', 'policy_iteration', 'AIClinicianPolicy', 'train_ai_clinician', 'DQNConfig', 'DuelingQNet',
+           'dqn_target', 'DQNPolicy', 'train_dqn', 'train_baseline', 'load_or_train_baseline']
 
 # %% ../nbs/22_baselines.ipynb
-N_LEVELS = 5
-
 def action_index(levels, # [..., 2] (vasopressor, IV fluid) levels 0..4
                 ) -> np.ndarray:
     "Action index 5 v + f of each level pair."
     a = np.asarray(levels)
-    if a.shape[-1] != 2: raise ValueError(f"action levels must have a last axis of 2 (vasopressor, IV fluid), got shape {a.shape}")
-    if a.size and (a.min() < 0 or a.max() >= N_LEVELS): raise ValueError(f"action levels must lie in 0..{N_LEVELS - 1}")
+    if a.shape[-1] != 2:
+        raise ValueError("action levels must have a last axis of 2 (vasopressor, IV fluid), "
+                         f"got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= N_LEVELS):
+        raise ValueError(f"action levels must lie in 0..{N_LEVELS - 1}")
     return (N_LEVELS * a[..., 0] + a[..., 1]).astype(np.int64)
 
 def action_levels(index, # [...] action indices 0..24
@@ -61,13 +63,18 @@ class StateBatch:
     def __post_init__(self):
         E, K = self.z.shape[:2]
         for name, shape in dict(raw=(E, K, 39), masks=(E, K, 38), static=(E, 3), actions=(E, K, 2)).items():
-            if getattr(self, name).shape != shape: raise ValueError(f"StateBatch.{name} must have shape {shape}, got {getattr(self, name).shape}")
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"StateBatch.{name} must have shape {shape}, "
+                                 f"got {getattr(self, name).shape}")
         self.episode, self.t = np.asarray(self.episode, np.int64), np.asarray(self.t, np.int64)
-        if self.episode.shape != self.t.shape: raise ValueError("StateBatch.episode and .t need one entry per decision")
-        if len(self.t) and (self.t.min() < 0 or self.t.max() >= K or self.episode.min() < 0 or self.episode.max() >= E):
+        if self.episode.shape != self.t.shape:
+            raise ValueError("StateBatch.episode and .t need one entry per decision")
+        if len(self.t) and (self.t.min() < 0 or self.t.max() >= K
+                            or self.episode.min() < 0 or self.episode.max() >= E):
             raise ValueError(f"StateBatch rows must point at episodes 0..{E - 1} and steps 0..{K - 1}")
         if not np.isfinite(self.z[self.episode, self.t]).all():
-            raise ValueError("StateBatch.z has NaN/inf at a decision's current step: states must be imputed before a policy sees them")
+            raise ValueError("StateBatch.z has NaN/inf at a decision's current step: states must be imputed "
+                             "before a policy sees them")
 
     def __len__(self): return len(self.t)
 
@@ -86,19 +93,21 @@ class StateBatch:
         return np.where((self.t > 0)[:, None], prev, 0)
 
     def features(self) -> np.ndarray:
-        "[N, 44] the tabular state of the baselines: standardized current state, statics, previous levels / 4."
-        return np.concatenate([self.current_z, self.current_static, self.prev_action / (N_LEVELS - 1)], 1).astype(np.float32)
+        "[N, 44] the baselines' tabular state: standardized current state, statics, previous levels / 4."
+        return np.concatenate([self.current_z, self.current_static, self.prev_action / (N_LEVELS - 1)],
+                              1).astype(np.float32)
 
     def subset(self, rows) -> 'StateBatch':
         "The decisions `rows` (indices or a boolean mask), sharing the episode arrays."
         rows = np.asarray(rows)
-        return StateBatch(self.z, self.raw, self.masks, self.static, self.actions, self.episode[rows], self.t[rows], self.stay_id)
+        return StateBatch(self.z, self.raw, self.masks, self.static, self.actions, self.episode[rows],
+                          self.t[rows], self.stay_id)
 
     def history(self, i: int) -> dict:
         "Everything decision i may read, as arrays sliced to its history (for prompts and tests)."
         e, t = int(self.episode[i]), int(self.t[i])
-        return dict(stay_id=int(self.stay_id[e]), step=t, z=self.z[e, :t + 1], raw=self.raw[e, :t + 1], masks=self.masks[e, :t + 1],
-                    static=self.static[e], actions=self.actions[e, :t])
+        return dict(stay_id=int(self.stay_id[e]), step=t, z=self.z[e, :t + 1], raw=self.raw[e, :t + 1],
+                    masks=self.masks[e, :t + 1], static=self.static[e], actions=self.actions[e, :t])
 
 N_FEATURES = 39 + 3 + 2
 
@@ -107,14 +116,16 @@ def _raw_grid(ep: Episodes, stay_id: np.ndarray, K: int) -> np.ndarray:
     "[E, K, 39] imputed, clipped clinical values of the episodes `stay_id` (0 after each episode's end)."
     tab = ep.table[ep.table.stay_id.isin(stay_id)]
     out = np.zeros((len(stay_id), K, 39), np.float32)
-    out[pd.Index(stay_id).get_indexer(tab.stay_id), tab.step.to_numpy()] = tab[[f + '_imputed' for f in FEATURES]].to_numpy(np.float32)
+    out[pd.Index(stay_id).get_indexer(tab.stay_id), tab.step.to_numpy()] = \
+        tab[[f + '_imputed' for f in FEATURES]].to_numpy(np.float32)
     return out
 
 def logged_states(ep: Episodes, # the episode data set (04_episodes)
                   split: str,   # 'train', 'val' or 'test'
                  ) -> StateBatch:
     "Every logged decision of `split`: episode i at steps 0..n_i-1, with the clinicians' actions as history."
-    if split not in ep.splits: raise ValueError(f"Unknown split {split!r}; the episodes have {sorted(ep.splits)}")
+    if split not in ep.splits:
+        raise ValueError(f"Unknown split {split!r}; the episodes have {sorted(ep.splits)}")
     x = ep.tensors(split)
     if len(x['stay_id']) == 0: raise ValueError(f"The {split!r} split has no episodes")
     K, n = x['obs'].shape[1], x['lengths']
@@ -126,7 +137,7 @@ def logged_states(ep: Episodes, # the episode data set (04_episodes)
 def env_state_batch(env, # SepsisEnv after reset
                     rows, # env rows of the decisions
                    ) -> StateBatch:
-    "The current decisions of env rows `rows` as a StateBatch over the env's own (replayed or simulated) arrays."
+    "The current decisions of env rows `rows`: a StateBatch over the env's own replayed or simulated arrays."
     rows = np.asarray(rows, np.int64)
     return StateBatch(z=env.obs, raw=env.raw, masks=env.masks, static=env.static, actions=env.actions,
                       episode=rows, t=np.minimum(env.t[rows], env.length[rows] - 1), stay_id=env.stay_id)
@@ -139,18 +150,23 @@ def logged_actions(batch: StateBatch) -> np.ndarray:
 def check_probs(p, n: int, name: str = 'policy', atol: float = 1e-5) -> np.ndarray:
     "`p` as a checked [n, 25] array of probability rows; a ValueError names the policy otherwise."
     p = np.asarray(p, float)
-    if p.shape != (n, N_ACTIONS): raise ValueError(f"{name}.action_probs must return shape ({n}, {N_ACTIONS}), got {p.shape}")
-    if not np.isfinite(p).all(): raise ValueError(f"{name}.action_probs returned {int((~np.isfinite(p)).sum())} NaN/inf values")
-    if (p < 0).any(): raise ValueError(f"{name}.action_probs returned negative probabilities (min {p.min():.3g})")
+    if p.shape != (n, N_ACTIONS):
+        raise ValueError(f"{name}.action_probs must return shape ({n}, {N_ACTIONS}), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{name}.action_probs returned {int((~np.isfinite(p)).sum())} NaN/inf values")
+    if (p < 0).any():
+        raise ValueError(f"{name}.action_probs returned negative probabilities (min {p.min():.3g})")
     bad = np.abs(p.sum(1) - 1) > atol
-    if bad.any(): raise ValueError(f"{name}.action_probs: {int(bad.sum())} rows do not sum to 1 (e.g. row {int(np.argmax(bad))} sums to {p[np.argmax(bad)].sum():.6g})")
+    if bad.any():
+        raise ValueError(f"{name}.action_probs: {int(bad.sum())} rows do not sum to 1 "
+                         f"(e.g. row {int(np.argmax(bad))} sums to {p[np.argmax(bad)].sum():.6g})")
     return p
 
 class Policy:
     "A treatment policy over the 25 actions. Subclasses implement `_probs(batch) -> [N, 25]`."
     name: str = 'policy'
     deterministic: bool = True     # True: acts by argmax; OPE softens it
-    eps: float = 0.01              # softening of a deterministic policy for OPE
+    eps: float = SOFTEN_EPS        # softening of a deterministic policy for OPE
     logged: bool = False           # True only for the clinicians (their truth is the logged replay)
 
     def _probs(self, batch: StateBatch) -> np.ndarray: raise NotImplementedError
@@ -168,7 +184,7 @@ class Policy:
         return action_levels(np.minimum((p.cumsum(1) < u).sum(1), N_ACTIONS - 1))
 
     def ope_probs(self, batch: StateBatch) -> np.ndarray:
-        "[N, 25] the probabilities OPE uses: softened one-hot rows of a deterministic policy, else `action_probs`."
+        "[N, 25] the probabilities OPE uses: softened one-hot rows if deterministic, else `action_probs`."
         p = self.action_probs(batch)
         return soften(one_hot(p.argmax(1)), self.eps) if self.deterministic else p
 
@@ -183,28 +199,29 @@ class RandomPolicy(Policy):
 class ConstantPolicy(Policy):
     "The same (vasopressor, IV fluid) levels at every step."
     def __init__(self, vaso: int, fluid: int, name: str | None = None):
-        self.action = int(action_index([vaso, fluid])); self.name = name or f'constant ({vaso}, {fluid})'
+        self.action = int(action_index([vaso, fluid]))
+        self.name = name or f'constant ({vaso}, {fluid})'
     def _probs(self, batch): return np.broadcast_to(one_hot(self.action), (len(batch), N_ACTIONS)).copy()
 
 def NoTreatmentPolicy() -> ConstantPolicy: return ConstantPolicy(0, 0, name='no treatment')
 
 # %% ../nbs/22_baselines.ipynb
-PI_B_FLOOR = 0.01 / N_ACTIONS
-
 class KNNBehaviour(Policy):
     "Clinicians' action frequencies among the K nearest training decisions."
     name, deterministic, logged = 'clinicians (kNN)', False, True
     def __init__(self, k: int = 100): self.k = k
     def fit(self, batch: StateBatch) -> 'KNNBehaviour':
         X = batch.features()
-        if len(X) < self.k: raise ValueError(f"kNN behaviour needs at least k={self.k} training decisions, got {len(X)}")
+        if len(X) < self.k:
+            raise ValueError(f"kNN behaviour needs at least k={self.k} training decisions, got {len(X)}")
         self.nn = NearestNeighbors(n_neighbors=self.k).fit(X)
         self.train_actions = logged_actions(batch)
         return self
     def _probs(self, batch):
         out = np.zeros((len(batch), N_ACTIONS))
         for s in range(0, len(batch), 2048):     # chunks bound the distance matrix's memory
-            idx = self.nn.kneighbors(batch.subset(np.arange(s, min(s + 2048, len(batch)))).features(), return_distance=False)
+            chunk = batch.subset(np.arange(s, min(s + 2048, len(batch))))
+            idx = self.nn.kneighbors(chunk.features(), return_distance=False)
             a = self.train_actions[idx]
             np.add.at(out, (np.arange(s, s + len(a))[:, None].repeat(self.k, 1), a), 1.0 / self.k)
         return out
@@ -214,7 +231,8 @@ class MultinomialBehaviour(Policy):
     name, deterministic, logged = 'clinicians (multinomial)', False, True
     def __init__(self, C: float = 1.0, seed: int = 0): self.C, self.seed = C, seed
     def fit(self, batch: StateBatch) -> 'MultinomialBehaviour':
-        self.clf = LogisticRegression(C=self.C, max_iter=300, random_state=self.seed % 2**32).fit(batch.features(), logged_actions(batch))
+        self.clf = LogisticRegression(C=self.C, max_iter=300, random_state=self.seed % 2**32).fit(
+            batch.features(), logged_actions(batch))
         return self
     def _probs(self, batch):
         out = np.zeros((len(batch), N_ACTIONS))
@@ -222,7 +240,7 @@ class MultinomialBehaviour(Policy):
         return out / out.sum(1, keepdims=True)
 
 def behaviour_loglik(policy: Policy, batch: StateBatch, floor: float = PI_B_FLOOR) -> dict:
-    "Mean log-likelihood of the logged actions of `batch`, accuracy, and how many logged actions got probability 0."
+    "Mean log-likelihood of the logged actions of `batch`, accuracy, and how many got probability 0."
     p = policy.action_probs(batch)
     a = logged_actions(batch)
     pa = p[np.arange(len(a)), a]
@@ -231,14 +249,16 @@ def behaviour_loglik(policy: Policy, batch: StateBatch, floor: float = PI_B_FLOO
 
 # %% ../nbs/22_baselines.ipynb
 def fit_behaviour(ep: Episodes, k: int = 100, seed: int = 0) -> tuple[Policy, pd.DataFrame]:
-    "Fit both behaviour estimators on the training split; return the one with the higher validation log-likelihood and the comparison."
+    ("Fit both behaviour estimators on the training split; return the one with the higher validation "
+     "log-likelihood and the comparison.")
     train, val, test = (logged_states(ep, s) for s in ('train', 'val', 'test'))
     models = [KNNBehaviour(min(k, len(train))).fit(train), MultinomialBehaviour(seed=seed).fit(train)]
     rows = []
     for m in models:
         v, t = behaviour_loglik(m, val), behaviour_loglik(m, test)
-        rows.append(dict(model=m.name, val_loglik=v['loglik'], val_accuracy=v['accuracy'], val_zero_prob=v['n_zero'],
-                         test_loglik=t['loglik'], test_zero_prob=t['n_zero'], n_val=v['n'], n_test=t['n']))
+        rows.append(dict(model=m.name, val_loglik=v['loglik'], val_accuracy=v['accuracy'],
+                         val_zero_prob=v['n_zero'], test_loglik=t['loglik'], test_zero_prob=t['n_zero'],
+                         n_val=v['n'], n_test=t['n']))
     table = pd.DataFrame(rows)
     best = models[int(table.val_loglik.to_numpy().argmax())]
     table['chosen'] = [m is best for m in models]
@@ -249,15 +269,17 @@ def fit_behaviour(ep: Episodes, k: int = 100, seed: int = 0) -> tuple[Policy, pd
 def transitions(ep: Episodes, # the episode data set (04_episodes)
                 split: str,   # 'train', 'val' or 'test'
                ) -> dict[str, np.ndarray]:
-    "Every logged step of `split` as (s, a, r, s_next, done, a_next, sofa, episode, t) arrays, in `logged_states` order."
+    ("Every logged step of `split` as (s, a, r, s_next, done, a_next, sofa, episode, t) arrays, "
+     "in `logged_states` order.")
     b = logged_states(ep, split)
     s, a = b.features(), logged_actions(b)
     lengths = np.bincount(b.episode, minlength=len(b.stay_id))
     done = b.t == lengths[b.episode] - 1
     tab = ep.table.set_index(['stay_id', 'step'])
     rows = tab.index.get_indexer(pd.MultiIndex.from_arrays([b.stay_id[b.episode], b.t]))
-    if (rows < 0).any(): raise ValueError(f"{int((rows < 0).sum())} decisions of {split!r} have no row in ep.table")
-    nxt = np.flatnonzero(~done)                      # the next decision of a step that is not the last is the next row
+    if (rows < 0).any():
+        raise ValueError(f"{int((rows < 0).sum())} decisions of {split!r} have no row in ep.table")
+    nxt = np.flatnonzero(~done)             # the next decision of a step that is not the last: the next row
     s_next, a_next = np.zeros_like(s), np.zeros_like(a)
     s_next[nxt], a_next[nxt] = s[nxt + 1], a[nxt + 1]
     return dict(s=s, a=a, r=tab.reward.to_numpy(np.float32)[rows], s_next=s_next, done=done, a_next=a_next,
@@ -266,27 +288,29 @@ def transitions(ep: Episodes, # the episode data set (04_episodes)
 # %% ../nbs/22_baselines.ipynb
 from scipy import sparse
 
-def policy_iteration(P,             # transition probabilities: [S, A, S] array, or a sparse [S * A, S] matrix (row s * A + a)
+def policy_iteration(P,             # transition probabilities [S, A, S], or sparse [S * A, S] (row s * A + a)
                      R,             # [S, A] expected reward of each (state, action)
-                     allowed,       # [S, A] bool: the actions the policy may take (each state needs at least one)
+                     allowed,       # [S, A] bool: the actions it may take (each state needs at least one)
                      gamma: float = 0.99, # discount
                      init=None,     # [S] starting policy (allowed actions); None = first allowed action
                      max_iter: int = 200, # policy-improvement rounds at most
                      tol: float = 1e-9,   # an action replaces the current one only if better by more than tol
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Optimal deterministic policy [S], its values V [S] and Q [S, A] (-inf where not allowed) by policy iteration."
+    "Optimal deterministic policy [S], its V [S] and Q [S, A] (-inf where not allowed), by policy iteration."
     R, allowed = np.asarray(R, float), np.asarray(allowed, bool)
     S, A = R.shape
-    if not allowed.any(1).all(): raise ValueError(f"policy_iteration: {int((~allowed.any(1)).sum())} states have no allowed action")
+    if not allowed.any(1).all():
+        raise ValueError(f"policy_iteration: {int((~allowed.any(1)).sum())} states have no allowed action")
     P = sparse.csr_matrix(P.reshape(S * A, S) if isinstance(P, np.ndarray) else P)
     pi = allowed.argmax(1) if init is None else np.asarray(init, np.int64).copy()
-    if not allowed[np.arange(S), pi].all(): raise ValueError("policy_iteration: the initial policy takes actions that are not allowed")
+    if not allowed[np.arange(S), pi].all():
+        raise ValueError("policy_iteration: the initial policy takes actions that are not allowed")
     for _ in range(max_iter):
-        rows = np.arange(S) * A + pi                                   # evaluate pi exactly: (I - gamma P_pi) V = R_pi
+        rows = np.arange(S) * A + pi                         # evaluate pi exactly: (I - gamma P_pi) V = R_pi
         V = np.linalg.solve(np.eye(S) - gamma * P[rows].toarray(), R[np.arange(S), pi])
         Q = np.where(allowed, R + gamma * (P @ V).reshape(S, A), -np.inf)
         best = Q.argmax(1)
-        better = Q[np.arange(S), best] > Q[np.arange(S), pi] + tol    # improve greedily (ties keep the current action)
+        better = Q[np.arange(S), best] > Q[np.arange(S), pi] + tol  # improve greedily (ties keep the action)
         if not better.any(): break
         pi = np.where(better, best, pi)
     return pi, V, Q
@@ -297,8 +321,10 @@ from sklearn.cluster import KMeans
 class AIClinicianPolicy(Policy):
     "Komorowski et al.'s AI Clinician: the policy-iteration action of the decision's nearest k-means state."
     name, deterministic = 'AI Clinician', True
-    def __init__(self, kmeans: KMeans, greedy: np.ndarray, Q: np.ndarray, V: np.ndarray, allowed: np.ndarray, counts: np.ndarray, info: dict):
-        self.kmeans, self.greedy, self.Q, self.V, self.allowed, self.counts, self.info = kmeans, greedy, Q, V, allowed, counts, info
+    def __init__(self, kmeans: KMeans, greedy: np.ndarray, Q: np.ndarray, V: np.ndarray, allowed: np.ndarray,
+                 counts: np.ndarray, info: dict):
+        self.kmeans, self.greedy, self.Q, self.V = kmeans, greedy, Q, V
+        self.allowed, self.counts, self.info = allowed, counts, info
     def clusters(self, batch: StateBatch) -> np.ndarray:
         "[N] nearest k-means state of each decision."
         return self.kmeans.predict(batch.features())
@@ -311,7 +337,7 @@ def train_ai_clinician(ep: Episodes,          # episodes; the training split is 
                        n_clusters: int = 750, # k-means states (Komorowski et al.: 750)
                        seed: int = 0,         # k-means seed
                        gamma: float = 0.99,   # discount
-                       min_count: int = 6,    # (state, action) pairs seen fewer times are pruned (Komorowski: <= 5)
+                       min_count: int = 6,    # rarer (state, action) pairs are pruned (Komorowski: <= 5)
                        max_iter: int = 100,   # k-means iterations at most
                       ) -> AIClinicianPolicy:
     "Fit the AI Clinician on the training split: k-means states, counted MDP, pruning, policy iteration."
@@ -321,13 +347,14 @@ def train_ai_clinician(ep: Episodes,          # episodes; the training split is 
     km = KMeans(n_clusters, n_init=1, max_iter=max_iter, random_state=seed % 2**32).fit(d['s'])
     K, A = n_clusters, N_ACTIONS
     c = km.predict(d['s'])
-    c_next = np.where(d['done'], K, np.r_[c[1:], K])                # s_next is the next row's state unless done
+    c_next = np.where(d['done'], K, np.r_[c[1:], K])           # s_next is the next row's state unless done
     # 2. count the dynamics and the mean rewards
     S = K + 1
     counts = np.bincount(c * A + d['a'], minlength=S * A).reshape(S, A).astype(float)
     R = np.bincount(c * A + d['a'], weights=d['r'], minlength=S * A).reshape(S, A) / np.maximum(counts, 1)
-    T = sparse.coo_matrix((np.ones(len(c)), (c * A + d['a'], c_next)), shape=(S * A, S)).tocsr()   # duplicates add up
-    T = T + sparse.coo_matrix((np.ones(A), (K * A + np.arange(A), np.full(A, K))), shape=(S * A, S))  # terminal loops on itself
+    # duplicates add up; the terminal state loops on itself
+    T = sparse.coo_matrix((np.ones(len(c)), (c * A + d['a'], c_next)), shape=(S * A, S)).tocsr()
+    T = T + sparse.coo_matrix((np.ones(A), (K * A + np.arange(A), np.full(A, K))), shape=(S * A, S))
     T = sparse.diags(1 / np.maximum(np.asarray(T.sum(1)).ravel(), 1)) @ T
     # 3. prune rare (state, action) pairs; clinicians' favourite action where nothing is left
     allowed = counts >= min_count
@@ -339,7 +366,8 @@ def train_ai_clinician(ep: Episodes,          # episodes; the training split is 
     # 4. policy iteration from the clinicians' most frequent allowed action
     init = np.where(allowed, counts, -1).argmax(1)
     greedy, V, Q = policy_iteration(T, R, allowed, gamma, init=init)
-    Qf = np.where(allowed, Q, np.where(allowed, Q, np.inf).min(1, keepdims=True))   # pruned: the state's lowest allowed value
+    # pruned actions get the state's lowest allowed value
+    Qf = np.where(allowed, Q, np.where(allowed, Q, np.inf).min(1, keepdims=True))
     info = dict(n_clusters=K, seed=seed, gamma=gamma, min_count=min_count, kmeans_iter=int(km.n_iter_),
                 n_transitions=len(c), allowed_pairs=int(allowed[:K].sum()), fallback_states=int(empty.sum()),
                 seconds=time.time() - t0)
@@ -352,11 +380,12 @@ import torch.nn.functional as F
 
 @dataclass
 class DQNConfig:
-    "Hyper-parameters of the dueling double DQN / WD3QNE baselines (defaults: Wu et al. 2023's released code)."
+    "Hyper-parameters of the dueling double DQN / WD3QNE baselines (defaults: Wu et al. 2023's code)."
     updates: int = 6_000          # gradient updates
     seed: int = 0                 # network initialisation and minibatch sampling
     weighted: bool = False        # WD3QNE's softmax-weighted double-Q target (False: plain double DQN)
-    expert_sofa: float | None = None  # WD3QNE's human expertise: where SOFA < expert_sofa, bootstrap on the clinicians' next action (Wu et al.: 4)
+    # WD3QNE's human expertise: where SOFA < expert_sofa, bootstrap on the clinicians' next action (Wu: 4)
+    expert_sofa: float | None = None
     hidden: int = 128             # shared trunk: state -> hidden -> hidden
     head_hidden: int = 256        # value and advantage heads: hidden -> head_hidden -> {1, 25}
     lr: float = 1e-4              # Adam learning rate
@@ -365,20 +394,23 @@ class DQNConfig:
     target_every: int = 100       # updates between copies of the online network into the target network
     reward_clip: float | None = 15.0  # Raghu et al. clip rewards to +-15 (None: no clipping)
     log_every: int = 100          # updates per point of the TD-loss history
-    threads: int | None = 1       # torch CPU threads while training (1: fastest for small batches, and reproducible)
+    threads: int | None = 1       # torch CPU threads while training (1: fastest here, and reproducible)
 
     @property
     def name(self) -> str:
         if self.weighted and self.expert_sofa is not None: return 'WD3QNE'
-        return ('WD3QN' if self.weighted else 'DDQN') + ('' if self.expert_sofa is None else f' (expert SOFA<{self.expert_sofa:g})')
+        return (('WD3QN' if self.weighted else 'DDQN')
+                + ('' if self.expert_sofa is None else f' (expert SOFA<{self.expert_sofa:g})'))
 
 class DuelingQNet(nn.Module):
     "Dueling Q-network: shared trunk, then Q = V(s) + A(s, a) - mean_a A(s, a)."
-    def __init__(self, n_in: int = N_FEATURES, n_actions: int = N_ACTIONS, hidden: int = 128, head_hidden: int = 256):
+    def __init__(self, n_in: int = N_FEATURES, n_actions: int = N_ACTIONS, hidden: int = 128,
+                 head_hidden: int = 256):
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.value = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 1))
-        self.advantage = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Linear(head_hidden, n_actions))
+        self.advantage = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(),
+                                       nn.Linear(head_hidden, n_actions))
     def forward(self, x):
         h = self.trunk(x)
         adv = self.advantage(h)
@@ -403,7 +435,7 @@ def dqn_target(r, done,          # [B] rewards, [B] 1.0 where the step ends its 
         p = torch.softmax(q_next_target, 1)
         p1, p2 = p[i, a1], p[i, a2]
         q_next = (p1 * q_next + p2 * q_next_target[i, a2]) / (p1 + p2)
-    if expert_sofa is not None:                  # human expertise: follow the clinicians where the patient is mild
+    if expert_sofa is not None:                  # human expertise: follow the clinicians in mild patients
         q_next = torch.where(sofa < expert_sofa, q_next_target[i, a_next], q_next)
     return r + gamma * (1 - done) * q_next
 
@@ -417,22 +449,47 @@ class DQNPolicy(Policy):
     def q_values(self, batch: StateBatch, chunk: int = 8192) -> np.ndarray:
         "[N, 25] Q-values of every action at every decision of `batch`."
         x = torch.as_tensor(batch.features())
-        return torch.cat([self.net(x[i:i + chunk]) for i in range(0, len(x), chunk)]).double().numpy() if len(x) else np.zeros((0, N_ACTIONS))
+        if not len(x): return np.zeros((0, N_ACTIONS))
+        return torch.cat([self.net(x[i:i + chunk]) for i in range(0, len(x), chunk)]).double().numpy()
     def _probs(self, batch): return one_hot(self.q_values(batch).argmax(1))
+
+def _dqn_transitions(ep: Episodes,   # episodes; the training split is used
+                     cfg: DQNConfig, # its `reward_clip` applies
+                    ) -> dict[str, torch.Tensor]:
+    "The training transitions as tensors: s, s_next, r (clipped per `cfg`), a, a_next, done, sofa."
+    d = transitions(ep, 'train')
+    r = d['r'] if cfg.reward_clip is None else np.clip(d['r'], -cfg.reward_clip, cfg.reward_clip)
+    return dict(s=torch.as_tensor(d['s']), s_next=torch.as_tensor(d['s_next']),
+                r=torch.as_tensor(r, dtype=torch.float32), a=torch.as_tensor(d['a']),
+                a_next=torch.as_tensor(d['a_next']), done=torch.as_tensor(d['done'], dtype=torch.float32),
+                sofa=torch.as_tensor(d['sofa']))
+
+def _dqn_update(q: DuelingQNet,        # online network, trained
+                q_target: DuelingQNet, # target network, fixed here
+                opt: torch.optim.Optimizer,
+                t: dict,               # `_dqn_transitions`
+                idx: torch.Tensor,     # [B] the minibatch's transitions
+                cfg: DQNConfig,
+               ) -> float:
+    "One Adam step of the Huber TD loss on the minibatch `idx`; returns the loss."
+    with torch.no_grad():
+        y = dqn_target(t['r'][idx], t['done'][idx], q(t['s_next'][idx]), q_target(t['s_next'][idx]),
+                       t['a_next'][idx], t['sofa'][idx], cfg.gamma, cfg.weighted, cfg.expert_sofa)
+    pred = q(t['s'][idx]).gather(1, t['a'][idx, None]).squeeze(1)
+    loss = F.smooth_l1_loss(pred, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 def train_dqn(ep: Episodes,             # episodes; the training split is used
               cfg: DQNConfig | None = None, # hyper-parameters
              ) -> DQNPolicy:
     "Train a dueling double DQN (or WD3QNE, per `cfg`) on the training transitions."
     cfg = cfg or DQNConfig()
-    t0, threads = time.time(), torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try:
-        d = transitions(ep, 'train')
-        r = d['r'] if cfg.reward_clip is None else np.clip(d['r'], -cfg.reward_clip, cfg.reward_clip)
-        s, s_next, r = torch.as_tensor(d['s']), torch.as_tensor(d['s_next']), torch.as_tensor(r, dtype=torch.float32)
-        a, a_next = torch.as_tensor(d['a']), torch.as_tensor(d['a_next'])
-        done, sofa = torch.as_tensor(d['done'], dtype=torch.float32), torch.as_tensor(d['sofa'])
+    t0 = time.time()
+    with torch_threads(cfg.threads):
+        t = _dqn_transitions(ep, cfg)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         q = DuelingQNet(N_FEATURES, N_ACTIONS, cfg.hidden, cfg.head_hidden)
@@ -440,36 +497,33 @@ def train_dqn(ep: Episodes,             # episodes; the training split is used
         opt = torch.optim.Adam(q.parameters(), lr=cfg.lr)
         losses, history = [], []
         for update in range(1, cfg.updates + 1):
-            idx = torch.as_tensor(rng.integers(0, len(s), cfg.batch_size))
-            with torch.no_grad():
-                y = dqn_target(r[idx], done[idx], q(s_next[idx]), q_target(s_next[idx]), a_next[idx], sofa[idx],
-                               cfg.gamma, cfg.weighted, cfg.expert_sofa)
-            pred = q(s[idx]).gather(1, a[idx, None]).squeeze(1)
-            loss = F.smooth_l1_loss(pred, y)
-            opt.zero_grad(); loss.backward(); opt.step()
-            losses.append(loss.item())
+            idx = torch.as_tensor(rng.integers(0, len(t['s']), cfg.batch_size))
+            losses.append(_dqn_update(q, q_target, opt, t, idx, cfg))
             if update % cfg.target_every == 0: q_target.load_state_dict(q.state_dict())
             if update % cfg.log_every == 0 or update == cfg.updates:
-                history.append(dict(update=update, td_loss=float(np.mean(losses)))); losses = []
-    finally: torch.set_num_threads(threads)
-    info = dict(n_transitions=len(s), seconds=time.time() - t0, final_td_loss=history[-1]['td_loss'] if history else float('nan'))
+                history.append(dict(update=update, td_loss=float(np.mean(losses))))
+                losses = []
+    info = dict(n_transitions=len(t['s']), seconds=time.time() - t0,
+                final_td_loss=history[-1]['td_loss'] if history else float('nan'))
     return DQNPolicy(q, cfg, pd.DataFrame(history, columns=['update', 'td_loss']), info)
 
 # %% ../nbs/22_baselines.ipynb
 BASELINES = ('clinicians', 'random', 'no_treatment', 'ai_clinician', 'ddqn', 'wd3qne')
-BASELINE_LABELS = {'clinicians': 'Clinicians', 'random': 'Random', 'no_treatment': 'No treatment', 'ai_clinician': 'AI Clinician',
-                   'ddqn': 'DDQN (dueling double DQN)', 'wd3qne': 'WD3QNE'}
+BASELINE_LABELS = {'clinicians': 'Clinicians', 'random': 'Random', 'no_treatment': 'No treatment',
+                   'ai_clinician': 'AI Clinician', 'ddqn': 'DDQN (dueling double DQN)', 'wd3qne': 'WD3QNE'}
 
 def train_baseline(name: str, ep: Episodes, prof: Profile) -> Policy:
     "Train (or build) the baseline `name` on the training split of `ep`."
     seed = derive_seed(prof.seed, 'baseline', name)
     seed_everything(seed)
-    if name == 'clinicians': return fit_behaviour(ep, prof.knn_k, seed)[0]
+    knobs = prof.baselines
+    if name == 'clinicians': return fit_behaviour(ep, knobs.knn_k, seed)[0]
     if name == 'random': return RandomPolicy()
     if name == 'no_treatment': return NoTreatmentPolicy()
-    if name == 'ai_clinician': return train_ai_clinician(ep, n_clusters=prof.aic_clusters, seed=seed)
-    if name == 'ddqn': return train_dqn(ep, DQNConfig(updates=prof.dqn_updates, seed=seed))
-    if name == 'wd3qne': return train_dqn(ep, DQNConfig(updates=prof.dqn_updates, seed=seed, weighted=True, expert_sofa=4))
+    if name == 'ai_clinician': return train_ai_clinician(ep, n_clusters=knobs.aic_clusters, seed=seed)
+    if name == 'ddqn': return train_dqn(ep, DQNConfig(updates=knobs.dqn_updates, seed=seed))
+    if name == 'wd3qne':
+        return train_dqn(ep, DQNConfig(updates=knobs.dqn_updates, seed=seed, weighted=True, expert_sofa=4))
     raise ValueError(f"Unknown baseline {name!r}; choose one of {BASELINES}")
 
 def load_or_train_baseline(profile: Profile | str | None, # profile (name)
@@ -479,10 +533,13 @@ def load_or_train_baseline(profile: Profile | str | None, # profile (name)
     prof = get_profile(profile)
     if name not in BASELINES: raise ValueError(f"Unknown baseline {name!r}; choose one of {BASELINES}")
     ep = load_or_build_episodes(prof)
-    knobs = dict(seed=prof.seed, knn_k=prof.knn_k, aic_clusters=prof.aic_clusters, dqn_updates=prof.dqn_updates)
-    inputs = dict(code=module_fingerprint('sepsisagent.baselines'), episodes=upstream_key(processed_dir(prof) / 'episodes'), knobs=knobs)
+    knobs = dict(seed=prof.seed, **asdict(prof.baselines))
+    inputs = dict(code=module_fingerprint('sepsisagent.baselines'),
+                  episodes=upstream_key(processed_dir(prof) / 'episodes'), knobs=knobs)
     path = results_dir(prof, 'models', 'baselines') / f'{name}.pt'
-    from importlib import import_module      # the package's classes, never a notebook's copies: the pickle must load anywhere
+    # the package's classes, never a notebook's copies: the pickle must load anywhere
+    from importlib import import_module
     train = import_module('sepsisagent.baselines').train_baseline
-    build_once(path, lambda tmp: torch.save(train(name, ep, prof), tmp), provenance(prof, **inputs), force=force)
+    build_once(path, lambda tmp: torch.save(train(name, ep, prof), tmp), provenance(prof, **inputs),
+               force=force)
     return torch.load(path, weights_only=False)

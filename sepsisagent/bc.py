@@ -13,36 +13,44 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import upstream_key, Profile, get_profile, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta, digest
-from .prompts import TOOLS, check_style, system_prompt_text, render_conversation_start, render_simulation_result, patient_info
-from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records, parse_tool_call, parse_simulation_candidates, tool_call_text,
+from .core import (upstream_key, Profile, get_profile, results_dir, build_once, provenance,
+                              module_fingerprint, derive_seed, read_meta, digest)
+from .prompts import (TOOLS, check_style, system_prompt_text, render_conversation_start,
+                                 render_simulation_result, patient_info)
+from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_records,
+                               parse_tool_call, parse_simulation_candidates, tool_call_text,
                                parse_prescription, env_history, ParseFailure)
 from .backends import api_messages
-from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_checkpoint, train_sft, to_dataset, checkpoint_inputs,
+from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_checkpoint,
+                             train_sft, to_dataset, checkpoint_inputs,
                              episodes_inputs, library_versions, load_or_train_stage1, render_chat)
 
 # %% auto 0
 __all__ = ['teacher_inputs', 'load_or_build_transcripts', 'bc_example', 'transcript_examples', 'prompt_mismatches',
-           'conversation_tokens', 'packed_examples', 'packed_dataset', 'sample_decisions', 'decision_replies',
-           'bc_summary', 'load_or_train_stage2']
+           'conversation_tokens', 'packed_examples', 'packed_dataset', 'sample_decisions', 'LoggedDecisions',
+           'teacher_replies', 'model_replies', 'decision_row', 'decision_replies', 'bc_summary', 'load_or_train_stage2']
 
 # %% ../nbs/41_stage2_bc.ipynb
 def teacher_inputs(prof: Profile) -> dict:
     "What the teacher's transcripts depend on, for cache keys."
     models = results_dir(prof, 'models')
-    return dict(code={m: module_fingerprint(f'sepsisagent.{m}') for m in ('teacher', 'agent', 'env', 'prompts', 'worldmodel', 'baselines')},
-                world_model=upstream_key(models / f'wm_{prof.wm_backbone}.pt'),
+    return dict(code={m: module_fingerprint(f'sepsisagent.{m}')
+                      for m in ('teacher', 'agent', 'env', 'prompts', 'worldmodel', 'baselines')},
+                world_model=upstream_key(models / f'wm_{prof.worldmodel.backbone}.pt'),
                 clinicians=upstream_key(models / 'baselines' / 'clinicians.pt'),
                 episodes=episodes_inputs(prof))
 
 def load_or_build_transcripts(profile: Profile | str | None, # profile (name)
                               n_episodes: int, # training episodes the teacher treats
-                              style: str = 'compact', memory: str = 'step', last_k: int = 3, # the loop's prompt conventions
-                              rationale: str = 'short', # the teacher's explanation: 'short' (one line) or 'full' (every candidate's numbers)
-                              teacher: Backend | None = None, # None: the world-model teacher; else any Backend, e.g. `backends.endpoint_from_env()`
+                              # the loop's prompt conventions
+                              style: str = 'compact', memory: str = 'step', last_k: int = 3,
+                              # the teacher's explanation: 'short' (one line) or 'full' (all the numbers)
+                              rationale: str = 'short',
+                              # None: world-model teacher; else any Backend (`backends.endpoint_from_env()`)
+                              teacher: Backend | None = None,
                               force: bool = False,
                              ) -> Path:
-    "results/<profile>/rollouts/teacher[_<backend>]_train.jsonl: the teacher on `n_episodes` random training episodes (rollout mode)."
+    "results/<profile>/rollouts/teacher[_<backend>]_train.jsonl: the teacher on `n_episodes` train episodes."
     from sepsisagent.env import make_env
     from sepsisagent.baselines import load_or_train_baseline
     from sepsisagent.teacher import WorldModelTeacher
@@ -50,39 +58,48 @@ def load_or_build_transcripts(profile: Profile | str | None, # profile (name)
     check_style(style)
     if n_episodes < 1: raise ValueError(f"`n_episodes` must be >= 1, got {n_episodes}")
     behaviour = load_or_train_baseline(prof, 'clinicians')      # built first, so its provenance is in the key
-    inputs = dict(n_episodes=int(n_episodes), style=style, memory=memory, last_k=int(last_k), rationale=rationale, **teacher_inputs(prof))
-    if teacher is not None: inputs['teacher'] = teacher.name           # (its rationale is its own; `rationale` applies to the world-model teacher)
-    name = 'teacher_train.jsonl' if teacher is None else f"teacher_{re.sub(r'[^A-Za-z0-9_.-]+', '_', teacher.name)}_train.jsonl"
+    inputs = dict(n_episodes=int(n_episodes), style=style, memory=memory, last_k=int(last_k),
+                  rationale=rationale, **teacher_inputs(prof))
+    if teacher is not None:
+        # (its rationale is its own; `rationale` applies to the world-model teacher)
+        inputs['teacher'] = teacher.name
+    name = ('teacher_train.jsonl' if teacher is None
+            else f"teacher_{re.sub(r'[^A-Za-z0-9_.-]+', '_', teacher.name)}_train.jsonl")
     def build(tmp):
         env0 = make_env(prof, 'train', num_envs=1)
         n = min(int(n_episodes), len(env0.data))
-        eps = np.sort(np.random.default_rng(derive_seed(prof.seed, 'stage2', 'episodes')).choice(len(env0.data), n, replace=False))
+        rng = np.random.default_rng(derive_seed(prof.seed, 'stage2', 'episodes'))
+        eps = np.sort(rng.choice(len(env0.data), n, replace=False))
         env = make_env(prof, 'train', num_envs=min(256, n))
         be = WorldModelTeacher(env, behaviour, rationale=rationale) if teacher is None else teacher
-        run_agent(env, be, eps.tolist(), mode='rollout', style=style, memory=memory, last_k=last_k, out_path=tmp)
+        run_agent(env, be, eps.tolist(), mode='rollout', style=style, memory=memory, last_k=last_k,
+                  out_path=tmp)
     return build_once(results_dir(prof, 'rollouts') / name, build, provenance(prof, **inputs), force=force)
 
 # %% ../nbs/41_stage2_bc.ipynb
 def _agent_call(name: str, arguments: dict, cid: str, text: str) -> dict:
     "The assistant message the loop keeps after a valid tool call (raw text plus the parsed call)."
-    return dict(role='assistant', content=text, tool_calls=[dict(id=cid, type='function', function=dict(name=name, arguments=json.dumps(arguments)))])
+    return dict(role='assistant', content=text,
+                tool_calls=[dict(id=cid, type='function',
+                                 function=dict(name=name, arguments=json.dumps(arguments)))])
 
 def bc_example(conversation: list, # the agent-form conversation before the turn
                reply: str, # the assistant's raw text (rationale + <tool_call> block)
                tools: list = TOOLS,
                **info) -> dict:
-    "One prompt-completion example: the prompt in `api_messages` form, the tools as JSON, the reply as the completion."
-    return dict(prompt=api_messages(conversation, tools), completion=[dict(role='assistant', content=reply)], tools=json.dumps(tools),
-                agent_messages=json.dumps(conversation), **info)
+    "One prompt-completion example: prompt in `api_messages` form, tools as JSON, the reply as completion."
+    return dict(prompt=api_messages(conversation, tools), completion=[dict(role='assistant', content=reply)],
+                tools=json.dumps(tools), agent_messages=json.dumps(conversation), **info)
 
-def transcript_examples(records: list, # `run_agent` records (e.g. `read_records(load_or_build_transcripts(...))`)
+def transcript_examples(records: list, # `run_agent` records: `read_records(load_or_build_transcripts(...))`
                         style: str = 'compact', # the style the transcripts were run with
                         memory: str = 'step', # the memory they were run with
                         tools: list = TOOLS,
                        ) -> tuple:
     "(examples, counts): one example per assistant turn of each kept step; counts of steps kept and dropped."
     system = dict(role='system', content=system_prompt_text(check_style(style)))
-    ex, c = [], dict(episodes=len(records), failed_episodes=0, steps=0, kept_steps=0, dropped_guideline=0, dropped_invalid=0)
+    ex, c = [], dict(episodes=len(records), failed_episodes=0, steps=0, kept_steps=0, dropped_guideline=0,
+                     dropped_invalid=0)
     for rec in records:
         md = rec['metadata']
         adherent = md.get('guideline', {}).get('adherent', [])
@@ -91,20 +108,30 @@ def transcript_examples(records: list, # `run_agent` records (e.g. `read_records
         for m in rec['messages']:
             role = m['role']
             if role == 'user':
-                if pending is not None: conv.append(dict(role='assistant', content=pending)); pending = None
-                if m['content'].startswith('Invalid reply'): conv.append(dict(role='user', content=m['content'])); invalid = True
+                if pending is not None:
+                    conv.append(dict(role='assistant', content=pending))
+                    pending = None
+                if m['content'].startswith('Invalid reply'):
+                    conv.append(dict(role='user', content=m['content']))
+                    invalid = True
                 elif memory == 'step' or not conv: conv = [system, dict(role='user', content=m['content'])]
                 else: conv.append(dict(role='user', content=m['content']))
             elif role == 'assistant':
-                if m.get('error'): invalid = True; continue
+                if m.get('error'):
+                    invalid = True
+                    continue
                 pending = m.get('content') or ''
             elif role == 'tool_call' and pending is not None:
                 call = json.loads(m['content'])
-                if '<tool_call>' not in pending:                 # an OpenAI-format teacher: the call came apart from the text
-                    pending = (pending.rstrip() + '\n' if pending.strip() else '') + tool_call_text(call['name'], **call['arguments'])
+                # an OpenAI-format teacher: the call came apart from the text
+                if '<tool_call>' not in pending:
+                    pending = ((pending.rstrip() + '\n' if pending.strip() else '')
+                               + tool_call_text(call['name'], **call['arguments']))
                 cid = f"call_{step}_{len(turns)}"
-                turns.append(bc_example(conv, pending, tools, kind=call['name'], stay_id=int(rec['stay_id']), step=step))
-                conv.append(_agent_call(call['name'], call['arguments'], cid, pending)); pending = None
+                turns.append(bc_example(conv, pending, tools, kind=call['name'], stay_id=int(rec['stay_id']),
+                                        step=step))
+                conv.append(_agent_call(call['name'], call['arguments'], cid, pending))
+                pending = None
             elif role == 'tool_response':
                 conv.append(dict(role='tool', name=m.get('name'), content=m['content'], tool_call_id=cid))
                 if m.get('name') == 'prescription':                  # the step ends with its prescription
@@ -112,7 +139,9 @@ def transcript_examples(records: list, # `run_agent` records (e.g. `read_records
                     ok = step < len(adherent) and bool(adherent[step])
                     if invalid: c['dropped_invalid'] += 1
                     elif not ok: c['dropped_guideline'] += 1
-                    else: ex += turns; c['kept_steps'] += 1
+                    else:
+                        ex += turns
+                        c['kept_steps'] += 1
                     step, turns, invalid = step + 1, [], False
     c.update(examples=len(ex), simulation_examples=sum(x['kind'] == 'simulation' for x in ex),
              prescription_examples=sum(x['kind'] == 'prescription' for x in ex))
@@ -123,15 +152,17 @@ def prompt_mismatches(trainer, # an `sft.sft_trainer` over `bc_example`s
                       backend, # `backends.TransformersBackend` of the same checkpoint
                       tools: list = TOOLS,
                      ) -> list:
-    "Rows of the trainer's dataset whose prompt tokens differ from the backend's inference prompt, or whose answer tokens are not the reply."
+    "Rows of the trainer's dataset whose prompt is not the inference prompt or whose answer is not the reply."
     ds, tok = trainer.train_dataset, backend.tokenizer
     bad = []
     for i in range(len(ds)):
         row = ds[i]
         lbl = np.asarray(row['labels'])
         n = int(np.argmax(lbl != -100))
-        want = tok(backend.prompt(json.loads(row['agent_messages']), tools), add_special_tokens=False)['input_ids']
-        if list(row['input_ids'][:n]) != list(want) or tok.decode(row['input_ids'][n:]) != row['completion'][0]['content'] + tok.eos_token + '\n':
+        want = tok(backend.prompt(json.loads(row['agent_messages']), tools),
+                   add_special_tokens=False)['input_ids']
+        if (list(row['input_ids'][:n]) != list(want) or tok.decode(row['input_ids'][n:])
+                != row['completion'][0]['content'] + tok.eos_token + '\n'):
             bad.append(i)
     return bad
 
@@ -140,23 +171,28 @@ def _ids(tokenizer, text: str) -> list:
     return tokenizer(text, add_special_tokens=False)['input_ids'] if text else []
 
 def conversation_tokens(tokenizer, # a tokenizer with a chat template
-                        messages: list, # one conversation as the backend saw it: system, user, then replies and results
+                        # one conversation as the backend saw it: system, user, then replies and results
+                        messages: list,
                         tools: list = TOOLS, # the tools rendered in the system turn
-                        end_of_turn: str = '<|im_end|>', # the template's end of an assistant turn (not written by the model)
+                        # the template's end of an assistant turn (not written by the model)
+                        end_of_turn: str = '<|im_end|>',
                        ) -> tuple:
-    "(prompt_ids, completion_ids, env_mask): the conversation as training tokens, 1 in the mask where the model wrote."
+    "(prompt_ids, completion_ids, env_mask): the conversation as tokens; mask 1 where the model wrote."
     msgs = api_messages(messages, tools)
     if len(msgs) < 3 or msgs[2]['role'] != 'assistant':
-        raise ValueError(f"a conversation needs system, user and at least one assistant reply; got roles {[m['role'] for m in msgs]}")
+        raise ValueError(f"a conversation needs system, user and at least one assistant reply; got roles "
+                         f"{[m['role'] for m in msgs]}")
     full = render_chat(tokenizer, msgs, tools, False)
     prompt = render_chat(tokenizer, msgs[:2], tools, True)
     if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation: packing and GRPO need prefix-stable templates")
+        raise ValueError("the chat template does not render the prompt as a prefix of the conversation: "
+                         "packing and GRPO need prefix-stable templates")
     pieces, pos = [], len(prompt)
     for j in range(2, len(msgs)):
         end = len(render_chat(tokenizer, msgs[:j + 1], tools, False))
         if msgs[j]['role'] == 'assistant':
-            head = len(render_chat(tokenizer, msgs[:j], tools, True))      # the open assistant turn: template text, not the model's
+            # the open assistant turn: template text, not the model's
+            head = len(render_chat(tokenizer, msgs[:j], tools, True))
             stop = full.rfind(end_of_turn, head, end)
             stop = end if stop < 0 else stop
             pieces += [(full[pos:head], 0), (full[head:stop], 1), (full[stop:end], 0)]
@@ -166,7 +202,8 @@ def conversation_tokens(tokenizer, # a tokenizer with a chat template
     completion, mask = [], []
     for text, m in pieces:
         ids = _ids(tokenizer, text)
-        completion += ids; mask += [m] * len(ids)
+        completion += ids
+        mask += [m] * len(ids)
     return _ids(tokenizer, prompt), completion, mask
 
 def _runs(mask) -> list:
@@ -179,20 +216,24 @@ def packed_examples(examples: list, # `transcript_examples` output (per-turn, in
                     tokenizer, # the checkpoint's tokenizer (with its chat template)
                     tools: list = TOOLS,
                    ) -> list:
-    "One pre-tokenized sequence per kept step (`input_ids`, `completion_mask`): its conversation through its last reply, loss on the step's replies."
+    "One pre-tokenized sequence per kept step: its conversation through its last reply, loss on its replies."
     steps = {}
     for x in examples: steps.setdefault((x['stay_id'], x['step']), []).append(x)
     out = []
     for (stay, step), turns in steps.items():
         last = turns[-1]
-        conv = json.loads(last['agent_messages']) + [dict(role='assistant', content=last['completion'][0]['content'])]
+        conv = json.loads(last['agent_messages']) + [dict(role='assistant',
+                                                          content=last['completion'][0]['content'])]
         p, c, m = conversation_tokens(tokenizer, conv, tools)
         runs = _runs(m)
         if len(runs) < len(turns):
-            raise ValueError(f"stay {stay} step {step}: {len(turns)} replies but {len(runs)} model-written spans in the packed sequence")
+            raise ValueError(f"stay {stay} step {step}: {len(turns)} replies but {len(runs)} model-written "
+                             f"spans in the packed sequence")
         keep = np.zeros(len(m), np.int8)
-        for a, b in runs[len(runs) - len(turns):]: keep[a:b] = 1   # earlier steps' replies (full memory) were trained with their own step
-        out.append(dict(input_ids=p + c, completion_mask=[0] * len(p) + keep.tolist(), stay_id=int(stay), step=int(step), n_replies=len(turns)))
+        for a, b in runs[len(runs) - len(turns):]:
+            keep[a:b] = 1   # earlier steps' replies (full memory) were trained with their own step
+        out.append(dict(input_ids=p + c, completion_mask=[0] * len(p) + keep.tolist(), stay_id=int(stay),
+                        step=int(step), n_replies=len(turns)))
     return out
 
 def packed_dataset(examples: list, # `packed_examples` output
@@ -200,7 +241,8 @@ def packed_dataset(examples: list, # `packed_examples` output
     "A `datasets.Dataset` TRL trains on as is (already tokenized; labels from `completion_mask`)."
     from datasets import Dataset
     if not examples: raise ValueError(f"No {name}: the dataset would be empty")
-    return Dataset.from_list([dict(input_ids=x['input_ids'], completion_mask=x['completion_mask']) for x in examples])
+    return Dataset.from_list([dict(input_ids=x['input_ids'],
+                                   completion_mask=x['completion_mask']) for x in examples])
 
 # %% ../nbs/41_stage2_bc.ipynb
 def _verdict(rep: Reply) -> tuple:
@@ -209,10 +251,11 @@ def _verdict(rep: Reply) -> tuple:
     call = parse_tool_call(rep)
     if not isinstance(call, ToolCall): return False, None, None
     if call.name == 'simulation':
-        c = parse_simulation_candidates(call.arguments)        # out-of-range levels are a failure, as in the loop
+        c = parse_simulation_candidates(call.arguments)     # out-of-range levels fail, as in the loop
         return (False, 'simulation', None) if isinstance(c, ParseFailure) else (True, 'simulation', c)
     a = parse_prescription(call.arguments)
-    return (False, 'prescription', None) if isinstance(a, ParseFailure) else (True, 'prescription', tuple(int(x) for x in a))
+    if isinstance(a, ParseFailure): return False, 'prescription', None
+    return True, 'prescription', tuple(int(x) for x in a)
 
 def sample_decisions(lengths, # [E] episode lengths of the split
                      n: int, # decisions
@@ -220,9 +263,144 @@ def sample_decisions(lengths, # [E] episode lengths of the split
                     ) -> np.ndarray:
     "[n, 2] (episode, step) pairs sampled without replacement from all logged decisions."
     pairs = np.array([(e, t) for e, L in enumerate(np.asarray(lengths)) for t in range(int(L))], np.int64)
-    if n < 1 or not len(pairs): raise ValueError(f"need n >= 1 decisions from a non-empty split (n={n}, {len(pairs)} decisions)")
+    if n < 1 or not len(pairs):
+        raise ValueError(f"need n >= 1 decisions from a non-empty split (n={n}, {len(pairs)} decisions)")
     idx = np.random.default_rng(seed).choice(len(pairs), min(n, len(pairs)), replace=False)
     return pairs[np.sort(idx)]
+
+# %% ../nbs/41_stage2_bc.ipynb
+class LoggedDecisions:
+    "Sampled (episode, step) decisions of a split, and one environment that replays the clinicians to them."
+    def __init__(self, prof: Profile, # the run's profile
+                 n: int, # decisions to sample
+                 seed: int, # seeds the sample (and the backends' decoding, see `ask`)
+                 split: str = 'test', # the split sampled
+                 style: str = 'compact', # prompt style
+                 last_k: int = 3, # history steps in the compact style
+                ):
+        from sepsisagent.env import make_env, SepsisEnv
+        env0 = make_env(prof, split, num_envs=1)
+        dec = sample_decisions(env0.data.lengths.numpy(), n, derive_seed(seed, 'stage2', 'decisions'))
+        self.episodes = np.unique(dec[:, 0])
+        self.env = SepsisEnv(env0.wm, env0.ep, split, len(self.episodes), seed=env0.seed)
+        self.rows = np.searchsorted(self.episodes, dec[:, 0])        # decision -> its environment row
+        self.steps = dec[:, 1]
+        self.by_step = {int(t): np.flatnonzero(self.steps == t) for t in np.unique(self.steps)}
+        self.contexts = [dict(env_row=int(self.rows[d]), step=int(self.steps[d]), sample=0)
+                         for d in range(len(dec))]
+        self.seed, self.style = seed, style
+        self.last_k = last_k if style == 'compact' else None           # the paper style shows the whole stay
+        self.starts = [None] * len(dec)                                # filled by `render_starts`
+
+    def __len__(self): return len(self.steps)
+
+    def walk(self, fn): # called with the array of decisions due at each step
+        "Replay the clinicians through the decisions' episodes, calling `fn(decisions)` at their steps."
+        self.env.reset(options=dict(episodes=self.episodes))
+        for t in range(int(self.steps.max()) + 1):
+            if t in self.by_step: fn(self.by_step[t])
+            if not self.env.done.all(): self.env.step(self.env.logged_actions())
+
+    def ask(self, backend: Backend, # who answers
+            convs: list, # the conversations of decisions `ds`
+            ds, # the decisions
+            budget: int, # new tokens per reply
+           ) -> list:
+        "Greedy replies of `backend` to `convs`, one batched call."
+        return backend.chat(convs, TOOLS, max_new_tokens=budget, temperature=0.0, seed=self.seed,
+                            context=[self.contexts[d] for d in ds])
+
+    def render_starts(self, ds): # decisions due at the environment's current step
+        "Render the conversation starts of decisions `ds` into `starts`."
+        env = self.env
+        for d in ds:
+            self.starts[d] = render_conversation_start(patient_info(env.ep, int(env.stay_id[self.rows[d]])),
+                                                       env_history(env, self.rows[d]), env.ep.bins,
+                                                       self.style, self.last_k)
+
+    def simulation_followups(self, ds, # decisions due at the environment's current step
+                             first: list, # a backend's first reply to every decision
+                            ) -> dict:
+        "decision -> its conversation answered with the simulation result, for each valid simulation call."
+        sims = [d for d in ds if _verdict(first[d])[:2] == (True, 'simulation')]
+        if not sims: return {}
+        cands = np.full((self.env.num_envs, MAX_CANDIDATES, 2), -1, np.int64)
+        for d in sims:
+            c = _verdict(first[d])[2]
+            cands[self.rows[d], :len(c)] = c
+        raw = self.env.simulate(cands)['raw']                          # one call for all of the step's calls
+        out = {}
+        for d in sims:
+            c = _verdict(first[d])[2]
+            call = _agent_call('simulation', dict(actions=[f"[{a},{b}]" for a, b in c]), 'call_0',
+                               first[d].text or '')
+            result = dict(render_simulation_result(c, raw[self.rows[d], :len(c)], self.style),
+                          tool_call_id='call_0')
+            out[d] = self.starts[d] + [call, result]
+        return out
+
+# %% ../nbs/41_stage2_bc.ipynb
+def _empty_replies(n: int) -> dict:
+    "A backend's replies to `n` decisions: `first` (one per decision), `second` (by decision), `seconds`."
+    return dict(first=[None] * n, second={}, seconds=0.0)
+
+def teacher_replies(teacher, # a `teacher.WorldModelTeacher` on `dec.env`
+                    dec: LoggedDecisions, # with the starts of `ds` rendered
+                    ds, # the decisions due at the environment's current step
+                    replies: dict, # the teacher's `_empty_replies`, filled in here
+                    first_budget: int, # new tokens of the first reply
+                    max_new_tokens: int, # new tokens of the second reply
+                   ):
+    "The teacher's first and second replies to decisions `ds`, while the environment is at their step."
+    t0 = time.time()
+    teacher.own.clear()                      # its protocol history: the logged actions, as in the prompt
+    for d, rep in zip(ds, dec.ask(teacher, [dec.starts[d] for d in ds], ds, first_budget)):
+        replies['first'][d] = rep
+    conv = dec.simulation_followups(ds, replies['first'])
+    if conv:
+        replies['second'].update(zip(conv, dec.ask(teacher, list(conv.values()), list(conv), max_new_tokens)))
+    replies['seconds'] += time.time() - t0
+
+def model_replies(backends: dict, # name -> Backend
+                  dec: LoggedDecisions, # with every start rendered
+                  res: dict, # name -> `_empty_replies`, filled in here
+                  first_budget: int, # new tokens of the first reply
+                  max_new_tokens: int, # new tokens of the second reply
+                 ):
+    "Each backend's first replies in one batched call, then its second replies in another."
+    for name, be in backends.items():
+        t0 = time.time()
+        res[name]['first'] = dec.ask(be, dec.starts, range(len(dec)), first_budget)
+        res[name]['seconds'] += time.time() - t0
+    convs = {name: {} for name in backends}
+    def followups(ds):                       # the simulation tool needs the environment at their step
+        for name in backends: convs[name].update(dec.simulation_followups(ds, res[name]['first']))
+    dec.walk(followups)
+    for name, be in backends.items():
+        if not convs[name]: continue
+        t0 = time.time()
+        answers = dec.ask(be, list(convs[name].values()), list(convs[name]), max_new_tokens)
+        res[name]['second'] = dict(zip(convs[name], answers))
+        res[name]['seconds'] += time.time() - t0
+
+# %% ../nbs/41_stage2_bc.ipynb
+def decision_row(name: str, # the backend
+                 replies: dict, # its `_empty_replies`, filled in
+                 d: int, # the decision
+                 dec: LoggedDecisions,
+                ) -> dict:
+    "One backend at one decision: validity and tool of each reply, the prescribed action, the texts."
+    ok1, tool1, arg1 = _verdict(replies['first'][d])
+    rep2 = replies['second'].get(d)
+    ok2, tool2, arg2 = _verdict(rep2) if rep2 is not None else (None, None, None)
+    action = arg1 if ok1 and tool1 == 'prescription' else (arg2 if ok2 and tool2 == 'prescription' else None)
+    return dict(backend=name, stay_id=int(dec.env.stay_id[dec.rows[d]]), step=int(dec.steps[d]),
+                first_valid=ok1, first_tool=tool1, simulation_first=bool(ok1 and tool1 == 'simulation'),
+                second_valid=ok2, second_tool=tool2,
+                prescription_after_simulation=None if rep2 is None else bool(ok2 and tool2 == 'prescription'),
+                action=None if action is None else list(action), n_replies=1 + (rep2 is not None),
+                n_valid=int(ok1) + int(bool(ok2)), seconds=replies['seconds'] / len(dec),
+                first_text=replies['first'][d].text, second_text=None if rep2 is None else rep2.text)
 
 def decision_replies(profile: Profile | str | None, # profile (name)
                      models: dict, # name -> checkpoint directory (or a ready Backend)
@@ -230,128 +408,76 @@ def decision_replies(profile: Profile | str | None, # profile (name)
                      seed: int = 0,
                      style: str = 'compact', last_k: int = 3,
                      max_new_tokens: int = 96, # per reply
-                     first_max_new_tokens: int | None = None, # budget of the first reply (None: max_new_tokens)
+                     # budget of the first reply (None: max_new_tokens)
+                     first_max_new_tokens: int | None = None,
                      split: str = 'test',
                      with_teacher: bool = True, # add the world-model teacher as backend 'teacher'
                     ) -> pd.DataFrame:
     "One row per (backend, decision): first reply, simulation result, second reply, prescribed action."
-    from sepsisagent.env import make_env, SepsisEnv
     from sepsisagent.backends import TransformersBackend
     prof = get_profile(profile)
-    env0 = make_env(prof, split, num_envs=1)
-    dec = sample_decisions(env0.data.lengths.numpy(), n, derive_seed(seed, 'stage2', 'decisions'))
-    eps = np.unique(dec[:, 0])
-    env = SepsisEnv(env0.wm, env0.ep, split, len(eps), seed=env0.seed)
-    rows = np.searchsorted(eps, dec[:, 0]); steps = dec[:, 1]; D = len(dec)
-    by_t = {int(t): np.flatnonzero(steps == t) for t in np.unique(steps)}
-    ctx = [dict(env_row=int(rows[d]), step=int(steps[d]), sample=0) for d in range(D)]
-    lk = last_k if style == 'compact' else None
-    budget1 = first_max_new_tokens or max_new_tokens
-    ask = lambda be, convs, ds, budget: be.chat(convs, TOOLS, max_new_tokens=budget, temperature=0.0, seed=seed, context=[ctx[d] for d in ds])
-
-    def walk(fn):
-        "Replay the clinicians through the decisions' episodes, calling fn(decisions) at each step that has some."
-        env.reset(options=dict(episodes=eps))
-        for t in range(int(steps.max()) + 1):
-            if t in by_t: fn(by_t[t])
-            if not env.done.all(): env.step(env.logged_actions())
-
-    def second_convs(ds, first) -> dict:
-        "decision -> conversation answering its valid simulation call with the environment's result (env at the decisions' step)."
-        sims = [d for d in ds if _verdict(first[d])[:2] == (True, 'simulation')]
-        if not sims: return {}
-        cands = np.full((env.num_envs, MAX_CANDIDATES, 2), -1, np.int64)
-        for d in sims: c = _verdict(first[d])[2]; cands[rows[d], :len(c)] = c
-        raw = env.simulate(cands)['raw']
-        out = {}
-        for d in sims:
-            c = _verdict(first[d])[2]
-            out[d] = starts[d] + [_agent_call('simulation', dict(actions=[f"[{a},{b}]" for a, b in c]), 'call_0', first[d].text or ''),
-                                  dict(render_simulation_result(c, raw[rows[d], :len(c)], style), tool_call_id='call_0')]
-        return out
-
-    backends = {k: (v if isinstance(v, Backend) else TransformersBackend(v, device='auto', name=k)) for k, v in models.items()}
-    res = {k: dict(first=[None] * D, second={}, seconds=0.0) for k in backends}
-    starts = [None] * D
+    dec = LoggedDecisions(prof, n, seed, split, style, last_k)
+    first_budget = first_max_new_tokens or max_new_tokens
+    backends = {k: v if isinstance(v, Backend) else TransformersBackend(v, device='auto', name=k)
+                for k, v in models.items()}
+    res = {k: _empty_replies(len(dec)) for k in backends}
     teacher = None
     if with_teacher:
         from sepsisagent.baselines import load_or_train_baseline
         from sepsisagent.teacher import WorldModelTeacher
-        teacher = WorldModelTeacher(env, load_or_train_baseline(prof, 'clinicians'))
-        res['teacher'] = dict(first=[None] * D, second={}, seconds=0.0)
-
-    def render(ds):                              # conversation starts; the teacher (which reads the env) answers at once
-        for d in ds: starts[d] = render_conversation_start(patient_info(env.ep, int(env.stay_id[rows[d]])), env_history(env, rows[d]), env.ep.bins, style, lk)
+        teacher = WorldModelTeacher(dec.env, load_or_train_baseline(prof, 'clinicians'))
+        res['teacher'] = _empty_replies(len(dec))
+    def starts_and_teacher(ds):              # the teacher plans from the environment, so during the walk
+        dec.render_starts(ds)
         if teacher is None: return
-        t0 = time.time()
-        teacher.own.clear()                      # its protocol history: the logged actions, as in the prompt
-        r = res['teacher']
-        for d, rep in zip(ds, ask(teacher, [starts[d] for d in ds], ds, budget1)): r['first'][d] = rep
-        conv = second_convs(ds, r['first'])
-        if conv: r['second'].update(zip(conv, ask(teacher, list(conv.values()), list(conv), max_new_tokens)))
-        r['seconds'] += time.time() - t0
-    walk(render)
-    for name, be in backends.items():            # one batched call per backend for all first replies
-        t0 = time.time()
-        res[name]['first'] = ask(be, starts, range(D), budget1)
-        res[name]['seconds'] += time.time() - t0
-    convs = {name: {} for name in backends}
-    walk(lambda ds: [convs[name].update(second_convs(ds, res[name]['first'])) for name in backends])
-    for name, be in backends.items():            # and one for all second replies
-        if not convs[name]: continue
-        t0 = time.time()
-        res[name]['second'] = dict(zip(convs[name], ask(be, list(convs[name].values()), list(convs[name]), max_new_tokens)))
-        res[name]['seconds'] += time.time() - t0
-
-    out = []
-    for name, r in res.items():
-        for d in range(D):
-            ok1, tool1, arg1 = _verdict(r['first'][d])
-            rep2 = r['second'].get(d)
-            ok2, tool2, arg2 = _verdict(rep2) if rep2 is not None else (None, None, None)
-            action = arg1 if ok1 and tool1 == 'prescription' else (arg2 if ok2 and tool2 == 'prescription' else None)
-            out.append(dict(backend=name, stay_id=int(env.stay_id[rows[d]]), step=int(steps[d]), first_valid=ok1, first_tool=tool1,
-                            simulation_first=bool(ok1 and tool1 == 'simulation'), second_valid=ok2, second_tool=tool2,
-                            prescription_after_simulation=None if rep2 is None else bool(ok2 and tool2 == 'prescription'),
-                            action=None if action is None else list(action), n_replies=1 + (rep2 is not None),
-                            n_valid=int(ok1) + int(bool(ok2)), seconds=r['seconds'] / D,
-                            first_text=r['first'][d].text, second_text=None if rep2 is None else rep2.text))
-    return pd.DataFrame(out)
+        teacher_replies(teacher, dec, ds, res['teacher'], first_budget, max_new_tokens)
+    dec.walk(starts_and_teacher)
+    model_replies(backends, dec, res, first_budget, max_new_tokens)
+    return pd.DataFrame([decision_row(name, r, d, dec) for name, r in res.items() for d in range(len(dec))])
 
 def bc_summary(df: pd.DataFrame, # `decision_replies`
                reference: str = 'teacher', # the backend whose actions the others are compared with
               ) -> pd.DataFrame:
-    "Per backend: valid tool call %, simulation first %, valid prescription after simulation %, agreement with `reference` %."
-    ref = df[df.backend == reference].set_index(['stay_id', 'step']).action if reference in set(df.backend) else None
+    "Per backend: valid tool call, simulation first, prescription after simulation, agreement (%)."
+    ref = (df[df.backend == reference].set_index(['stay_id', 'step']).action
+           if reference in set(df.backend) else None)
     rows = []
     for name, g in df.groupby('backend', sort=False):
         after = g.prescription_after_simulation.dropna()
         agree = float('nan')
         if ref is not None:
             r = ref.reindex(pd.MultiIndex.from_frame(g[['stay_id', 'step']]))
-            agree = 100 * float(np.mean([a is not None and b is not None and list(a) == list(b) for a, b in zip(g.action, r)]))
+            agree = 100 * float(np.mean([a is not None and b is not None and list(a) == list(b)
+                                         for a, b in zip(g.action, r)]))
         rows.append(dict(backend=name, decisions=len(g), replies=int(g.n_replies.sum()),
-                         valid_tool_call_pct=100 * g.n_valid.sum() / g.n_replies.sum(), simulation_first_pct=100 * g.simulation_first.mean(),
-                         prescription_after_simulation_pct=100 * after.astype(float).mean() if len(after) else float('nan'),
-                         prescribed_pct=100 * g.action.notna().mean(), agreement_pct=agree, seconds=g.seconds.sum()))
+                         valid_tool_call_pct=100 * g.n_valid.sum() / g.n_replies.sum(),
+                         simulation_first_pct=100 * g.simulation_first.mean(),
+                         prescription_after_simulation_pct=(100 * after.astype(float).mean() if len(after)
+                                                            else float('nan')),
+                         prescribed_pct=100 * g.action.notna().mean(), agreement_pct=agree,
+                         seconds=g.seconds.sum()))
     return pd.DataFrame(rows)
 
 # %% ../nbs/41_stage2_bc.ipynb
 def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
                          base: str | Path | None = None, # None: the stage-1 checkpoint (trained if needed)
                          force: bool = False, # retrain even if a checkpoint from the same inputs exists
-                         teacher: Backend | None = None, # None: the world-model teacher; else the Backend whose transcripts are cloned
+                         # None: the world-model teacher; else the Backend whose transcripts are cloned
+                         teacher: Backend | None = None,
                          **overrides) -> Path:
-    "The stage-II checkpoint (results/<profile>/models/stage2): stage I fine-tuned on the teacher's compliant turns."
+    "The stage-II checkpoint (results/<profile>/models/stage2): stage I tuned on compliant teacher turns."
     prof = get_profile(profile)
     knobs = curriculum_knobs(prof, **overrides)
-    base_path = Path(load_or_train_stage1(prof, **overrides)) if base is None else check_checkpoint(Path(base).expanduser(), 'base')
+    base_path = (Path(load_or_train_stage1(prof, **overrides)) if base is None
+                 else check_checkpoint(Path(base).expanduser(), 'base'))
     t0 = time.time()
-    tr = load_or_build_transcripts(prof, knobs['s2_episodes'], knobs['style'], knobs['memory'], knobs['last_k'], knobs['s2_rationale'], teacher)
+    tr = load_or_build_transcripts(prof, knobs['s2_episodes'], knobs['style'], knobs['memory'],
+                                   knobs['last_k'], knobs['s2_rationale'], teacher)
     t_tr = time.time() - t0
-    inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'), backends=module_fingerprint('sepsisagent.backends'),
-                  knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path), episodes=episodes_inputs(prof),
-                  transcripts=upstream_key(tr), libraries=library_versions())
+    inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'),
+                  backends=module_fingerprint('sepsisagent.backends'),
+                  knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path),
+                  episodes=episodes_inputs(prof), transcripts=upstream_key(tr), libraries=library_versions())
     def build(tmp):
         t1 = time.time()
         ex, counts = transcript_examples(read_records(tr), knobs['style'], knobs['memory'])
@@ -362,5 +488,6 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
         counts = dict(counts, packed=bool(knobs['s2_pack']), sequences=len(ds))
         train_sft(base_path, ds, tmp, **train_args(knobs, 2),
                   seed=derive_seed(prof.seed, 'stage2', 'train') % 2**31,
-                  log_extra=dict(stage=2, transcripts=counts, transcript_path=str(tr), transcript_seconds=t_tr, data_seconds=time.time() - t1))
+                  log_extra=dict(stage=2, transcripts=counts, transcript_path=str(tr),
+                                 transcript_seconds=t_tr, data_seconds=time.time() - t1))
     return build_once(stage_dir(prof, 2), build, provenance(prof, **inputs), force=force)

@@ -13,44 +13,226 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'OVERRIDES_ENV', 'BASE_MODEL_ENV', 'Profile', 'check_knob_type', 'get_profile',
-           'env_overrides', 'profile_knobs', 'source_label', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
+__all__ = ['RENAMED_KNOBS', 'PROFILES', 'PROFILE_ENV', 'OVERRIDES_ENV', 'BASE_MODEL_ENV', 'SynthICUKnobs', 'WorldModelKnobs',
+           'BaselineKnobs', 'OPEKnobs', 'TruthKnobs', 'TinyKnobs', 'CurriculumKnobs', 'Stage1Knobs', 'Stage2Knobs',
+           'Stage3Knobs', 'EvalKnobs', 'OODKnobs', 'Profile', 'unknown_knob', 'check_knob_type', 'get_profile',
+           'env_overrides', 'section_knobs', 'source_label', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
            'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
            'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'upstream_key',
-           'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device', 'preflight', 'core_main']
+           'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device', 'preflight', 'show_profile',
+           'profile_table', 'core_main']
+
+# %% ../nbs/00_core.ipynb
+@dataclass(frozen=True)
+class SynthICUKnobs:
+    "The synthetic hospital (`01_synthicu`)."
+    n_stays: int = 9_850               # ICU stays simulated at the main site
+    site_b_stays: int = 2_000          # stays at the second (out-of-distribution) site
+    hours: int = 96                    # hours simulated after ICU admission (episodes use <= 80)
+
+@dataclass(frozen=True)
+class WorldModelKnobs:
+    "What a profile sets of the world model (`10_worldmodel`); its architecture is `WorldModelConfig`'s."
+    backbone: str = 'gru'              # used downstream: gru (as published) | lstm | transformer
+    hidden: int = 128                  # hidden size (published: 128)
+    epochs: int = 5                    # training epochs per network, early-stopped on validation; a count,
+                                       # never seconds, so a loaded machine trains the same weights
+    noise_floor_replicas: int = 8      # SynthICU re-simulations per step for the noise floor (evaluation)
+
+@dataclass(frozen=True)
+class BaselineKnobs:
+    "The classic policies (`22_baselines`)."
+    knn_k: int = 100                   # neighbours of the kNN behaviour policy (Tang et al. 2022)
+    aic_clusters: int = 750            # AI Clinician: k-means states (Komorowski et al. 2018)
+    dqn_updates: int = 6_000           # DDQN / WD3QNE: gradient updates (batches of 128 transitions)
+
+@dataclass(frozen=True)
+class OPEKnobs:
+    "Off-policy evaluation (`20_ope`, `23_truth`)."
+    boot: int = 2_000                  # patient-level bootstrap resamples for 95 % intervals
+
+@dataclass(frozen=True)
+class TruthKnobs:
+    "True values in SynthICU (`23_truth`, evaluation only)."
+    replicas: int = 8                  # rollouts per test patient (common random numbers)
+
+@dataclass(frozen=True)
+class TinyKnobs:
+    "SepsisAgent-tiny, the from-scratch Qwen3-shaped model of the CPU profiles (`32_tinylm`)."
+    vocab_size: int = 2048
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 768
+    max_position: int = 8192
+    n_conversations: int = 600         # conversations the tokenizer is trained on
+
+# %% ../nbs/00_core.ipynb
+@dataclass(frozen=True)
+class CurriculumKnobs:
+    "What stages I and II share (`40_stage1_sft`, `41_stage2_bc`): prompts, LoRA, optimiser, test sizes."
+    style: str = 'compact'             # compact (last K steps, fits 2k tokens) | paper (full history)
+    last_k: int = 3                    # steps of history in the compact style
+    memory: str = 'step'               # step: one conversation per decision | full: one per episode
+    lora: bool = False                 # LoRA adapters instead of full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_length: int | None = None      # truncate training sequences (None: never)
+    gradient_checkpointing: bool = False
+    lr_scheduler: str = 'cosine'
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    logging_steps: int = 1
+    eval_outcome_n: int = 200          # test states for the IHM / VR AUROC
+    eval_forecast_n: int = 48          # test decisions for the forecast MAE
+    eval_bc_n: int = 32                # test decisions for Stage II's protocol and agreement
+    forecast_max_new_tokens: int | None = None   # None: the length of the longest answer
+    bc_max_new_tokens: int = 96
+
+@dataclass(frozen=True)
+class Stage1Knobs:
+    "Stage I, patient-dynamics SFT (`40_stage1_sft`)."
+    n_forecast: int = 1_100            # next-4-h forecast examples
+    n_ihm: int = 350                   # in-hospital mortality questions
+    n_vr: int = 350                    # vasopressor-need questions
+    epochs: int = 1
+    lr: float = 2e-3
+    batch: int = 1
+    grad_accum: int = 8
+    max_steps: int = -1                # -1: the epochs decide
+
+@dataclass(frozen=True)
+class Stage2Knobs:
+    "Stage II, behaviour cloning of the teacher's transcripts (`41_stage2_bc`)."
+    episodes: int = 40                 # training episodes the teacher treats
+    rationale: str = 'short'           # short | full rationale text
+    pack: bool = True                  # one packed sequence per decision (both replies)
+    epochs: int = 2
+    lr: float = 2e-3
+    batch: int = 1
+    grad_accum: int = 8
+    max_steps: int = -1
+
+@dataclass(frozen=True)
+class Stage3Knobs:
+    "Stage III, GRPO in the world model (`42_stage3_rl`)."
+    updates: int = 8                   # policy updates
+    patients_per_update: int = 1
+    group_size: int = 4                # rollouts per patient that GRPO compares
+    agent_steps: int = 4               # decisions per rollout
+    learning_rate: float = 5e-5
+    beta: float = 0.0                  # KL penalty to the reference model
+    epsilon: float = 0.2               # clipping of the policy ratio
+    invalid_penalty: float = 0.5       # reward lost per invalid reply
+    fail_reward: float = -15.0         # return of an episode that failed
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    micro_batch: int = 4
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    style: str = 'compact'
+    memory: str = 'step'
+    last_k: int = 3
+    max_invalid: int = 4               # invalid replies before an episode fails
+
+@dataclass(frozen=True)
+class EvalKnobs:
+    "Agent evaluation (`50_agent_eval`): None episodes = the whole test split."
+    n_episodes: int | None = 16        # logged test episodes for OPE and adherence
+    n_backbone_episodes: int | None = 6   # episodes per world-model backbone
+    n_truth_episodes: int | None = 16  # patients the agents treat inside SynthICU
+    truth_replicas: int = 2            # SynthICU rollouts per patient
+    n_outcome: int = 200               # test states for IHM / VR AUROC
+    n_samples: int = 1
+    eps: float = 0.01                  # softening of a deterministic policy for OPE
+    max_new_tokens: int = 128
+    batch: int = 16
+
+@dataclass(frozen=True)
+class OODKnobs:
+    "Out-of-distribution evaluation on SynthICU's second site (`51_ood`)."
+    n_episodes: int | None = 16        # None: all of the smaller site's test episodes
+    batch: int = 16
+    truth: bool = True                 # also the clinicians' true survival
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
 class Profile:
-    "Every size, seed and switch of one run of the compendium."
+    "Every knob of one run of the compendium: a few switches, then one section per step."
     name: str                          # quick | default | paper
     seed: int = 2605                   # master seed; every step derives its own from it
     source: str = 'synthicu'           # synthicu | demo | mimic  (where the MIMIC-IV tables come from)
     mimic_dir: str | None = None       # path of a MIMIC-IV download when source != 'synthicu'
-    synth_n_stays: int = 9_850         # ICU stays simulated at the main synthetic site
-    synth_site_b_stays: int = 2_000    # stays at the second (out-of-distribution) site
-    synth_hours: int = 96              # hours simulated after ICU admission (episodes use <= 80)
     device: str = 'auto'               # auto | cpu | cuda
-    wm_backbone: str = 'gru'           # world-model backbone used downstream: gru (as published) | lstm | transformer
-    wm_hidden: int = 128               # world-model hidden size (published: 128)
-    wm_epochs: int = 5                 # world-model training epochs per network (early stopping on the validation split);
-                                       # a count, never seconds, so a loaded machine trains the same weights
-    truth_replicas: int = 8            # SynthICU re-simulations per step for the world model's noise floor
-    knn_k: int = 100                   # neighbours of the kNN behaviour policy (Tang et al. 2022)
-    aic_clusters: int = 750            # AI Clinician: k-means states (Komorowski et al. 2018)
-    dqn_updates: int = 6_000           # DDQN / WD3QNE: gradient updates (batches of 128 transitions)
-    ope_boot: int = 2_000              # patient-level bootstrap resamples for 95 % intervals
-    value_replicas: int = 8            # SynthICU rollouts per test patient for a policy's true value (common random numbers)
-    base_model: str | None = None      # the language model the curriculum starts from: None = SepsisAgent-tiny (built here); else a
-                                       # save_pretrained directory or a hub id (paper: Qwen/Qwen3-4B-Instruct-2507)
+    base_model: str | None = None      # the curriculum's language model: None = SepsisAgent-tiny (built
+                                       # here); else a save_pretrained folder or hub id (paper: Qwen3-4B)
+    synthicu: SynthICUKnobs = SynthICUKnobs()
+    worldmodel: WorldModelKnobs = WorldModelKnobs()
+    baselines: BaselineKnobs = BaselineKnobs()
+    ope: OPEKnobs = OPEKnobs()
+    truth: TruthKnobs = TruthKnobs()
+    tiny: TinyKnobs | None = TinyKnobs()   # None: the profile loads a real checkpoint instead
+    curriculum: CurriculumKnobs = CurriculumKnobs()
+    stage1: Stage1Knobs = Stage1Knobs()
+    stage2: Stage2Knobs = Stage2Knobs()
+    stage3: Stage3Knobs = Stage3Knobs()
+    evaluation: EvalKnobs = EvalKnobs()
+    ood: OODKnobs = OODKnobs()
 
-    def override(self, **kw) -> 'Profile':
-        "A copy with some knobs changed; unknown knobs are an error, not a silent no-op."
-        known = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(kw) - known)
-        if bad: raise TypeError(f"Profile has no knob(s) {bad}; known knobs: {sorted(known)}")
-        for k, v in kw.items(): check_knob_type(k, v, getattr(self, k), Profile.__dataclass_fields__[k].type)
-        return replace(self, **kw)
+    def sections(self) -> list[str]:
+        "Names of the fields that are sections (dataclasses of knobs)."
+        return [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))
+                or f.name == 'tiny']
+
+    def knobs(self) -> dict:
+        "Every knob by its dotted name (`worldmodel.epochs`), switches first, in declaration order."
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in self.sections():
+                out |= {f'{f.name}.{k}': x for k, x in (asdict(v) if v is not None else {}).items()}
+            else: out[f.name] = v
+        return out
+
+    def override(self, knobs: dict | None = None, # dotted names -> values: {'worldmodel.backbone': 'lstm'}
+                 **kw) -> 'Profile':
+        "A copy with some knobs changed; an unknown knob or a wrong type is an error naming it."
+        changes, sections = {**(knobs or {}), **kw}, {}
+        for key, value in changes.items():
+            section, _, knob = key.rpartition('.')
+            if not section:
+                if key in self.sections():
+                    raise TypeError(f"{key!r} is a section of knobs: set one by its dotted name, "
+                                    f"e.g. '{key}.<knob>' (`python -m sepsisagent.core show` lists them)")
+                if key not in self.__dataclass_fields__: raise TypeError(unknown_knob(key, self))
+                check_knob_type(key, value, getattr(self, key), self.__dataclass_fields__[key].type)
+                continue
+            part = getattr(self, section, None) if section in self.sections() else None
+            if part is None or knob not in part.__dataclass_fields__: raise TypeError(unknown_knob(key, self))
+            check_knob_type(key, value, getattr(part, knob), part.__dataclass_fields__[knob].type)
+            sections.setdefault(section, {})[knob] = value
+        top = {k: v for k, v in changes.items() if '.' not in k}
+        return replace(self, **top, **{s: replace(getattr(self, s), **kv) for s, kv in sections.items()})
+
+RENAMED_KNOBS = {'synth_n_stays': 'synthicu.n_stays', 'synth_site_b_stays': 'synthicu.site_b_stays',
+                 'synth_hours': 'synthicu.hours', 'wm_backbone': 'worldmodel.backbone',
+                 'wm_hidden': 'worldmodel.hidden', 'wm_epochs': 'worldmodel.epochs',
+                 'truth_replicas': 'worldmodel.noise_floor_replicas', 'knn_k': 'baselines.knn_k',
+                 'aic_clusters': 'baselines.aic_clusters', 'dqn_updates': 'baselines.dqn_updates',
+                 'ope_boot': 'ope.boot', 'value_replicas': 'truth.replicas'}
+
+def unknown_knob(key: str, # the name asked for
+                 profile: Profile) -> str:
+    "The error text for a knob `profile` does not have: its new name if it was renamed, else close names."
+    import difflib
+    if key in RENAMED_KNOBS: return f"Profile has no knob {key!r}: it is now {RENAMED_KNOBS[key]!r}"
+    near = difflib.get_close_matches(key, list(profile.knobs()), n=3, cutoff=0.6)
+    return (f"Profile has no knob {key!r}" + (f"; did you mean {near}?" if near else '')
+            + "; `python -m sepsisagent.core show` lists every knob")
 
 def check_knob_type(name: str, # the knob, named in the error
                     value, # the value asked for
@@ -60,34 +242,66 @@ def check_knob_type(name: str, # the knob, named in the error
     "Raise a TypeError naming `name` unless `value` has the knob's type (an int may stand for a float)."
     if value is None and ('None' in str(annotation) or current is None): return
     want = type(current) if current is not None else None
+    if want is None and 'int' in str(annotation): want = int
     ok = (want is None or isinstance(value, want) and not (want is int and isinstance(value, bool))
           or want is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
         raise TypeError(f"Knob {name!r} takes a {want.__name__}, got {value!r} ({type(value).__name__})")
 
+# %% ../nbs/00_core.ipynb
 PROFILES: dict[str, Profile] = {
-    'quick':   Profile('quick', synth_n_stays=600, synth_site_b_stays=150, synth_hours=48, wm_hidden=32, wm_epochs=3,
-                       truth_replicas=3, aic_clusters=40, dqn_updates=300, ope_boot=200, value_replicas=2),
+    'quick': Profile(
+        'quick',
+        synthicu=SynthICUKnobs(n_stays=600, site_b_stays=150, hours=48),
+        worldmodel=WorldModelKnobs(hidden=32, epochs=3, noise_floor_replicas=3),
+        baselines=BaselineKnobs(aic_clusters=40, dqn_updates=300),
+        ope=OPEKnobs(boot=200), truth=TruthKnobs(replicas=2),
+        tiny=TinyKnobs(hidden=128, layers=2, intermediate=384, max_position=4096, n_conversations=120),
+        curriculum=CurriculumKnobs(eval_outcome_n=64, eval_forecast_n=8, eval_bc_n=8),
+        stage1=Stage1Knobs(n_forecast=120, n_ihm=48, n_vr=72, lr=3e-3),
+        stage2=Stage2Knobs(episodes=6, epochs=1, lr=3e-3),
+        stage3=Stage3Knobs(updates=2, group_size=2, agent_steps=2, learning_rate=2e-5, max_new_tokens=96,
+                           micro_batch=2),
+        evaluation=EvalKnobs(n_episodes=4, n_backbone_episodes=2, n_truth_episodes=2, truth_replicas=1,
+                             n_outcome=48, max_new_tokens=96, batch=8),
+        ood=OODKnobs(n_episodes=4, batch=8)),
     'default': Profile('default'),
-    'paper':   Profile('paper', source='mimic', synth_n_stays=40_000, synth_site_b_stays=8_000, device='cuda', wm_epochs=60,
-                       base_model='Qwen/Qwen3-4B-Instruct-2507'),
+    'paper': Profile(
+        'paper', source='mimic', device='cuda', base_model='Qwen/Qwen3-4B-Instruct-2507',
+        synthicu=SynthICUKnobs(n_stays=40_000, site_b_stays=8_000),
+        worldmodel=WorldModelKnobs(epochs=60), tiny=None,
+        curriculum=CurriculumKnobs(style='paper', lora=True, max_length=8192, gradient_checkpointing=True,
+                                   logging_steps=10, eval_outcome_n=2_000, eval_forecast_n=500,
+                                   eval_bc_n=500, bc_max_new_tokens=1024),
+        stage1=Stage1Knobs(n_forecast=20_000, n_ihm=10_000, n_vr=10_000, lr=1e-4, batch=4),
+        stage2=Stage2Knobs(episodes=4_000, rationale='full', lr=1e-4, batch=4),
+        stage3=Stage3Knobs(updates=300, patients_per_update=4, group_size=8, agent_steps=20,
+                           learning_rate=1e-6, beta=0.01, max_new_tokens=2048, micro_batch=2, lora=True,
+                           style='paper',
+                           memory='full', max_invalid=10),
+        evaluation=EvalKnobs(n_episodes=None, n_backbone_episodes=None, n_truth_episodes=None,
+                             truth_replicas=4, n_outcome=2_000, n_samples=4, max_new_tokens=2_048, batch=64),
+        ood=OODKnobs(n_episodes=None, batch=64)),
 }
 
 # %% ../nbs/00_core.ipynb
 PROFILE_ENV = 'SEPSISAGENT_PROFILE'
 OVERRIDES_ENV = 'SEPSISAGENT_OVERRIDES'
-BASE_MODEL_ENV = 'SEPSISAGENT_BASE_MODEL'   # the paper profile's base model: a local directory (or hub id) of Qwen3-4B-Instruct
+BASE_MODEL_ENV = 'SEPSISAGENT_BASE_MODEL'   # the paper profile's base model: a local folder or hub id
 
-def get_profile(name: str | Profile | None = None, # profile name, a Profile, or None for $SEPSISAGENT_PROFILE / 'default'
+def get_profile(name: str | Profile | None = None, # a name, a Profile, or None ($SEPSISAGENT_PROFILE)
                 **overrides) -> Profile:
     "The named profile with `overrides` applied."
     if isinstance(name, Profile): return name.override(**overrides) if overrides else name
     name = name or os.environ.get(PROFILE_ENV) or 'default'
     if name not in PROFILES:
-        raise ValueError(f"Unknown profile {name!r} (argument `profile` or ${PROFILE_ENV}); choose one of {sorted(PROFILES)}")
+        raise ValueError(f"Unknown profile {name!r} (argument `profile` or ${PROFILE_ENV}); "
+                         f"choose one of {sorted(PROFILES)}")
     prof = PROFILES[name]
-    if name == 'paper' and os.environ.get('MIMIC_DIR'): prof = prof.override(mimic_dir=os.environ['MIMIC_DIR'])
-    if name == 'paper' and os.environ.get(BASE_MODEL_ENV): prof = prof.override(base_model=os.environ[BASE_MODEL_ENV])
+    if name == 'paper' and os.environ.get('MIMIC_DIR'):
+        prof = prof.override(mimic_dir=os.environ['MIMIC_DIR'])
+    if name == 'paper' and os.environ.get(BASE_MODEL_ENV):
+        prof = prof.override(base_model=os.environ[BASE_MODEL_ENV])
     overrides = env_overrides() | overrides
     return prof.override(**overrides) if overrides else prof
 
@@ -96,25 +310,24 @@ def env_overrides() -> dict:
     text = os.environ.get(OVERRIDES_ENV, '').strip()
     if not text: return {}
     try: knobs = json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f"${OVERRIDES_ENV} is not JSON ({e.msg}): {text!r}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"${OVERRIDES_ENV} is not JSON ({e.msg}): {text!r}") from None
     if not isinstance(knobs, dict):
-        raise ValueError(f"${OVERRIDES_ENV} must be a JSON object of knobs, e.g. '{{\"seed\": 1}}'; got {text!r}")
+        raise ValueError(f"${OVERRIDES_ENV} must be a JSON object of knobs, "
+                         f"e.g. '{{\"seed\": 1}}'; got {text!r}")
     return knobs
 
 # %% ../nbs/00_core.ipynb
-def profile_knobs(table: dict, # profile name -> dict of knobs
-                  profile: str | Profile | None, # profile (name); None: $SEPSISAGENT_PROFILE / 'default'
-                  what: str, # what the knobs are for, named in errors ('stage-III', 'evaluation', ...)
-                  fallback: str | None = 'default', # the row for a profile the table lacks (None: that is an error)
+def section_knobs(profile: str | Profile | None, # profile (name); None: $SEPSISAGENT_PROFILE / 'default'
+                  section: str, # a section of `Profile`, e.g. 'stage3'
                   **overrides) -> dict:
-    "A copy of `table[profile]` with `overrides` applied; an unknown knob is a TypeError naming it."
-    name = get_profile(profile).name
-    if name not in table and (fallback is None or fallback not in table):
-        raise ValueError(f"No {what} knobs for profile {name!r}; known: {sorted(table)}")
-    knobs = dict(table.get(name, table.get(fallback)))
-    bad = sorted(set(overrides) - set(knobs))
-    if bad: raise TypeError(f"unknown {what} knob(s) {bad}; known: {sorted(knobs)}")
-    return knobs | overrides
+    "The knobs of one section of `profile` as a dict, `overrides` (short names) applied and checked."
+    prof = get_profile(profile)
+    if section not in prof.sections():
+        raise ValueError(f"Profile has no section {section!r}: {prof.sections()}")
+    if getattr(prof, section) is None:
+        raise ValueError(f"Profile {prof.name!r} has no {section!r} knobs (it sets {section}=None)")
+    return asdict(getattr(prof.override({f'{section}.{k}': v for k, v in overrides.items()}), section))
 
 # %% ../nbs/00_core.ipynb
 def source_label(profile: str | Profile | None) -> str:
@@ -136,8 +349,10 @@ def results_dir(profile: Profile | str, *parts: str) -> Path:
     name = profile.name if isinstance(profile, Profile) else profile
     p = Path(os.environ.get('SEPSISAGENT_RESULTS', project_root() / 'results')) / name / Path(*parts)
     return ensure_writable_dir(p)
-def raw_dir(profile: Profile, source: str = 'synthicu') -> Path: return data_dir() / 'raw' / source / profile.name
-def processed_dir(profile: Profile) -> Path: return ensure_writable_dir(data_dir() / 'processed' / profile.name)
+def raw_dir(profile: Profile, source: str = 'synthicu') -> Path:
+    return data_dir() / 'raw' / source / profile.name
+def processed_dir(profile: Profile) -> Path:
+    return ensure_writable_dir(data_dir() / 'processed' / profile.name)
 
 # %% ../nbs/00_core.ipynb
 def ensure_writable_dir(path: Path | str) -> Path:
@@ -154,11 +369,13 @@ def ensure_writable_dir(path: Path | str) -> Path:
 # %% ../nbs/00_core.ipynb
 def derive_seed(seed: int, *names: str | int) -> int:
     "A stable 63-bit seed for a named sub-stream of `seed` (independent of Python's hash salt)."
-    return int(np.random.SeedSequence([seed, *[int.from_bytes(str(n).encode(), 'little') % (2**63) for n in names]]).generate_state(1, np.uint64)[0] >> 1)
+    words = [int.from_bytes(str(n).encode(), 'little') % (2**63) for n in names]
+    return int(np.random.SeedSequence([seed, *words]).generate_state(1, np.uint64)[0] >> 1)
 
 def seed_everything(seed: int) -> np.random.Generator:
     "Seed python, numpy and (if imported) torch; return a numpy Generator for local use."
-    random.seed(seed); np.random.seed(seed % 2**32)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     try:
         import torch
         torch.manual_seed(seed)
@@ -170,9 +387,10 @@ def git_commit(short: bool = True) -> str:
     "The code version: git commit of the project (with '+dirty' for uncommitted changes), or 'unknown'."
     try:
         root = project_root()
-        sha = subprocess.run(['git', 'rev-parse'] + (['--short'] if short else []) + ['HEAD'], cwd=root, capture_output=True, text=True, timeout=5)
+        git = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True, text=True, timeout=5)
+        sha = git('rev-parse', *(['--short'] if short else []), 'HEAD')
         if sha.returncode: return 'unknown'
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = git('status', '--porcelain', '--untracked-files=no')
         return sha.stdout.strip() + ('+dirty' if dirty.stdout.strip() else '')
     except (OSError, subprocess.SubprocessError): return 'unknown'
 
@@ -202,8 +420,9 @@ def sidecar_path(path: Path | str) -> Path:
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def atomic_path(path: Path | str, meta: dict | None = None):
-    "Yield a temporary path beside `path` (file or directory); on success rename it into place and write the sidecar."
-    path = Path(path); ensure_writable_dir(path.parent)
+    "A temporary path beside `path` (file or folder); on success it is renamed into place, sidecar written."
+    path = Path(path)
+    ensure_writable_dir(path.parent)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}-{random.getrandbits(32):08x}')
     try:
         yield tmp
@@ -216,9 +435,11 @@ def atomic_path(path: Path | str, meta: dict | None = None):
 
 def write_json(path: Path | str, obj: Any) -> Path:
     "Write JSON atomically."
-    path = Path(path); ensure_writable_dir(path.parent)
+    path = Path(path)
+    ensure_writable_dir(path.parent)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1, default=str)); os.replace(tmp, path)
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
     return path
 
 def read_meta(path: Path | str) -> dict | None:
@@ -230,14 +451,16 @@ def upstream_key(path: Path | str) -> str:
     "What a downstream cache chains on: a digest of the inputs `path` was built from, not its build time."
     meta = read_meta(path)
     if meta is None or 'inputs' not in meta:
-        raise FileNotFoundError(f"{path} has no provenance sidecar ({sidecar_path(path).name}): build it first")
+        raise FileNotFoundError(f"{path} has no provenance sidecar ({sidecar_path(path).name}): "
+                                "build it first")
     return digest(meta['inputs'])
 
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager
 def file_lock(path: Path | str):
     "An exclusive inter-process lock held on `<path>.lock` for the duration of the block."
-    lock = Path(path).with_name(Path(path).name + '.lock'); ensure_writable_dir(lock.parent)
+    lock = Path(path).with_name(Path(path).name + '.lock')
+    ensure_writable_dir(lock.parent)
     with open(lock, 'w') as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try: yield
@@ -249,13 +472,14 @@ def launch_rank() -> tuple[int, int]:
 
 def launch_id() -> str:
     "An id shared by the processes of one distributed launch."
-    return os.environ.get('TORCHELASTIC_RUN_ID') or f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    env = os.environ.get
+    return env('TORCHELASTIC_RUN_ID') or f"{env('MASTER_ADDR', '')}:{env('MASTER_PORT', '')}"
 
 def build_once(path: Path | str, # the artifact (file or directory)
                build: Callable[[Path], Any], # writes the artifact at the temporary path it is given
                meta: dict, # provenance; the artifact is rebuilt when its `inputs` differ
                force: bool = False,
-               wait_minutes: float = 180, # distributed launch: how long the other ranks wait for rank 0's artifact
+               wait_minutes: float = 180, # distributed: how long other ranks wait for rank 0's artifact
               ) -> Path:
     "Build `path` with `build(tmp_path)` unless an artifact made from the same inputs is already there."
     path = Path(path)
@@ -263,15 +487,17 @@ def build_once(path: Path | str, # the artifact (file or directory)
     fresh = lambda: path.exists() and (read_meta(path) or {}).get('inputs') == want
     rank, world = launch_rank()
     if world > 1: meta = meta | dict(launch=dict(id=launch_id(), world_size=world))
-    if rank > 0:                       # every rank trains (collectives need them all); only rank 0 writes the artifact
+    if rank > 0:    # every rank trains (collectives need them all); only rank 0 writes the artifact
         if fresh() and not force: return path
         scratch = Path(tempfile.mkdtemp(prefix=f'rank{rank}-'))
         try: build(scratch / path.name)
         finally: shutil.rmtree(scratch, ignore_errors=True)
         deadline = time.time() + 60 * wait_minutes
-        written = lambda m: m.get('inputs') == want and m.get('launch', {}).get('id') == launch_id() and path.exists()
+        written = lambda m: (m.get('inputs') == want and m.get('launch', {}).get('id') == launch_id()
+                             and path.exists())
         while not written(read_meta(path) or {}):
-            if time.time() > deadline: raise TimeoutError(f"rank {rank}: rank 0 did not write {path} within {wait_minutes} min")
+            if time.time() > deadline:
+                raise TimeoutError(f"rank {rank}: rank 0 did not write {path} within {wait_minutes} min")
             time.sleep(0.5)
         return path
     with file_lock(path):
@@ -298,20 +524,35 @@ def get_device(profile: Profile | None = None) -> str:
 # %% ../nbs/00_core.ipynb
 def preflight(profile: str | None = None, # profile name (None: $SEPSISAGENT_PROFILE / 'default')
              ) -> Path:
-    "Resolve the profile and check the folders a run writes; return its results folder (errors name what is wrong)."
+    "Resolve the profile, check the folders a run writes, return its results folder; errors name the fault."
     prof = get_profile(profile)
     out = results_dir(prof)
     processed_dir(prof)
     return out
 
+def show_profile(profile: str | Profile | None = None) -> str:
+    "Every knob of the resolved profile ($SEPSISAGENT_OVERRIDES applied), one `name = value` a line."
+    prof = get_profile(profile)
+    return '\n'.join([f'# profile {prof.name}'] + [f'{k} = {v!r}' for k, v in prof.knobs().items()])
+
+def profile_table(names: Iterable[str] = ('quick', 'default', 'paper')) -> str:
+    "A Markdown table of every knob (rows) in each profile (columns), as the README shows it."
+    profs = [PROFILES[n] for n in names]
+    keys = list(dict.fromkeys(k for p in profs for k in p.knobs() if k != 'name'))
+    cell = lambda p, k: f'`{p.knobs()[k]!r}`' if k in p.knobs() else '--'
+    rows = [f"| `{k}` | " + ' | '.join(cell(p, k) for p in profs) + ' |' for k in keys]
+    head = '| knob | ' + ' | '.join(f'`{n}`' for n in names) + ' |'
+    return '\n'.join([head, '|---|' + '---|' * len(profs), *rows])
+
 def core_main(argv: list[str] | None = None):
-    "`python -m sepsisagent.core check|show [profile]`: the results folder of a checked run, or the resolved profile."
+    "`python -m sepsisagent.core check|show [profile]|table`: results folder, a profile, the README table."
     import sys
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ('check', 'show') or len(args) > 2:
-        raise SystemExit("usage: python -m sepsisagent.core check|show [profile]")
+    if not args or args[0] not in ('check', 'show', 'table') or len(args) > 2:
+        raise SystemExit("usage: python -m sepsisagent.core check|show [profile] | table")
     name = args[1] if len(args) > 1 else None
-    try: print(preflight(name) if args[0] == 'check' else json.dumps(asdict(get_profile(name)), indent=1))
+    run = dict(check=lambda: preflight(name), show=lambda: show_profile(name), table=profile_table)
+    try: print(run[args[0]]())
     except (ValueError, TypeError, PermissionError) as e: raise SystemExit(f"error: {e}") from None
 
 if __name__ == '__main__' and '__file__' in globals(): core_main()

@@ -13,57 +13,66 @@ import gymnasium as gym
 from gymnasium.vector import VectorEnv
 
 from scipy.special import ndtri
+from fastcore.basics import patch
 
 from .core import Profile, get_profile, derive_seed
-from .synthicu import FEATURES, sofa_components, _splitmix, _GOLD, _M1, _M2
+from .synthicu import (FEATURES, sofa_components, splitmix64, SPLITMIX_GAMMA, SPLITMIX_MUL1,
+                                  SPLITMIX_MUL2)
 from .episodes import Episodes, load_or_build_episodes
-from .worldmodel import (WorldModel, WorldModelConfig, WindowEncoder, StateModel, EpisodeArrays, two_hot, measured_weights,
+from .worldmodel import (WorldModel, WorldModelConfig, WindowEncoder, StateModel, EpisodeArrays,
+                                    two_hot, measured_weights,
                                     load_or_train_world_model, N_OBS, N_MASK, N_ACTION, URINE)
 
 # %% auto 0
 __all__ = ['SOFA_WINDOW', 'ACTION_TWO_HOT', 'keyed_uniform', 'transition_keys', 'state_sofa', 'shaped_reward', 'folded_layers',
-           'gru_cell', 'lstm_cell', 'state_heads', 'predict_candidates', 'ScalerArrays', 'Transition', 'SepsisEnv',
-           'make_env', 'run_episodes', 'clinician_policy']
+           'gru_cell', 'lstm_cell', 'state_heads', 'predict_candidates', 'Transition', 'SepsisEnv', 'make_env',
+           'run_episodes', 'clinician_policy']
 
 # %% ../nbs/11_env.ipynb
 def _splitmix_(z: np.ndarray) -> np.ndarray:
-    "SynthICU's `_splitmix`, overwriting z: the same bits with fewer temporaries."
+    "SynthICU's `splitmix64`, overwriting z: the same bits with fewer temporaries."
     with np.errstate(over='ignore'):
-        z += _GOLD
-        z ^= z >> np.uint64(30); z *= _M1
-        z ^= z >> np.uint64(27); z *= _M2
+        z += SPLITMIX_GAMMA
+        z ^= z >> np.uint64(30)
+        z *= SPLITMIX_MUL1
+        z ^= z >> np.uint64(27)
+        z *= SPLITMIX_MUL2
         z ^= z >> np.uint64(31)
     return z
 
 def keyed_uniform(keys: np.ndarray, # [B] uint64 keys
                   n: int, # uniforms per key
-                  block: int = 512, # keys hashed at a time (a block's bits stay in cache: same result, faster)
+                  # keys hashed at a time (a block's bits stay in cache: same result, faster)
+                  block: int = 512,
                   ) -> np.ndarray:
     "[B] uint64 keys -> [B, n] uniforms in (0, 1), a pure function of each key."
-    keys, salt = np.asarray(keys, dtype=np.uint64), _splitmix(np.arange(1, n + 1, dtype=np.uint64))
+    keys, salt = np.asarray(keys, dtype=np.uint64), splitmix64(np.arange(1, n + 1, dtype=np.uint64))
     u = np.empty((len(keys), n))
     for i in range(0, len(keys), block):
         bits = _splitmix_(_splitmix_(keys[i:i + block, None] ^ salt))
         bits >>= np.uint64(11)
         u[i:i + block] = bits                                       # the top 53 bits, exactly representable
-    u += 0.5; u *= 2.0 ** -53
+    u += 0.5
+    u *= 2.0 ** -53
     return u
 
 def transition_keys(seed: int, stay_ids, steps, actions, draw: int = 0) -> np.ndarray:
     "The key of simulating (stay, step, action [v, f]) in an environment seeded `seed`."
     a = np.asarray(actions, dtype=np.int64)
-    parts = [np.full(len(a), seed % 2**63, np.uint64), np.asarray(stay_ids, np.uint64), np.asarray(steps, np.uint64),
+    parts = [np.full(len(a), seed % 2**63, np.uint64), np.asarray(stay_ids, np.uint64),
+             np.asarray(steps, np.uint64),
              (5 * a[:, 0] + a[:, 1]).astype(np.uint64), np.full(len(a), draw, np.uint64)]
     k = np.zeros(len(a), np.uint64)
     with np.errstate(over='ignore'):
-        for p in parts: k = _splitmix(k ^ p)
+        for p in parts: k = splitmix64(k ^ p)
     return k
 
 # %% ../nbs/11_env.ipynb
 SOFA_WINDOW = 6   # 4-hourly states whose urine makes the last 24 h
 
 def state_sofa(state: np.ndarray, # [N, 39] raw state scored, of step t (imputed, clinical units)
-               urine: np.ndarray, # [N, 6] urine output of steps t-5..t (0 before admission: nothing collected)
+               # [N, 6] urine output of steps t-5..t (0 before admission: nothing collected)
+               urine: np.ndarray,
                t: np.ndarray, # [N] step of the state
                vent: np.ndarray, # [N] ventilated at that state
                vaso_level: np.ndarray, # [N] vasopressor level running into it
@@ -74,7 +83,8 @@ def state_sofa(state: np.ndarray, # [N, 39] raw state scored, of step t (imputed
     hours = np.where(t < 6, 1 + 4 * t, 24)
     urine24 = np.where(t >= 1, last6 * 24 / hours, np.nan)
     return sofa_components(f['pao2'], f['fio2'], vent, f['platelet'], f['bilirubin_total'], f['meanbp'],
-                           f['gcs_eye'] + f['gcs_verbal'] + f['gcs_motor'], f['creatinine'], urine24, vaso_level=vaso_level)
+                           f['gcs_eye'] + f['gcs_verbal'] + f['gcs_motor'], f['creatinine'], urine24,
+                           vaso_level=vaso_level)
 
 def shaped_reward(sofa_now, sofa_next, lactate_now, lactate_next) -> np.ndarray:
     "Raghu et al.'s intermediate reward, as the paper uses it (`paper.ipynb`, Reward)."
@@ -82,15 +92,19 @@ def shaped_reward(sofa_now, sofa_next, lactate_now, lactate_next) -> np.ndarray:
     return -0.025 * ((d == 0) & (sofa_now > 0)) - 0.125 * d - 2 * np.tanh(lactate_next - lactate_now)
 
 # %% ../nbs/11_env.ipynb
-ACTION_TWO_HOT = two_hot(np.stack(np.divmod(np.arange(25), 5), 1)).numpy()   # [25, 10]: row 5 v + f is the action (v, f)
+# [25, 10]: row 5 v + f is the action (v, f)
+ACTION_TWO_HOT = two_hot(np.stack(np.divmod(np.arange(25), 5), 1)).numpy()
 
 @torch.no_grad()
 def folded_layers(sm: WindowEncoder) -> list[tuple]:
-    "(W_ih, b_ih, W_hh, b_hh) of each recurrent layer; the first reads [obs, masks, statics, two-hot action] (embeddings folded in)."
+    ("(W_ih, b_ih, W_hh, b_hh) of each recurrent layer; the first reads [obs, masks, statics, two-hot "
+     "action] (embeddings folded in).")
     rnn, n, s = getattr(sm, sm.cfg.backbone), N_OBS + N_MASK, sm.cfg.static_embed
-    layers = [tuple(getattr(rnn, f'{p}_l{l}') for p in ('weight_ih', 'bias_ih', 'weight_hh', 'bias_hh')) for l in range(sm.cfg.layers)]
+    layers = [tuple(getattr(rnn, f'{p}_l{l}') for p in ('weight_ih', 'bias_ih', 'weight_hh',
+                                                        'bias_hh')) for l in range(sm.cfg.layers)]
     W_ih, b_ih, W_hh, b_hh = layers[0]
-    W_s, W_a = W_ih[:, n:n + s], W_ih[:, n + s:]               # the columns that read the static and action embeddings
+    # the columns that read the static and action embeddings
+    W_s, W_a = W_ih[:, n:n + s], W_ih[:, n + s:]
     layers[0] = (torch.cat([W_ih[:, :n], W_s @ sm.static_embed.weight, W_a @ sm.act_embed.weight], 1),
                  b_ih + W_s @ sm.static_embed.bias + W_a @ sm.act_embed.bias, W_hh, b_hh)
     return layers
@@ -100,7 +114,8 @@ def gru_cell(gi, # [..., 3H] W_ih x + b_ih
              state: tuple, # (h,)
              ) -> tuple:
     "One GRU step (PyTorch's gates r, z, n) -> (h,)."
-    h = state[0]; H = h.shape[-1]
+    h = state[0]
+    H = h.shape[-1]
     rz = (gi[..., :2 * H] + gh[..., :2 * H]).sigmoid_()
     n = torch.addcmul(gi[..., 2 * H:], rz[..., :H], gh[..., 2 * H:]).tanh_()    # tanh(gi_n + r * gh_n)
     return (n.lerp_(h, rz[..., H:]),)                                          # (1 - z) * n + z * h
@@ -118,11 +133,13 @@ def state_heads(sm: StateModel, # the state model
                 h: torch.Tensor, # [..., hidden] last hidden state of the backbone
                 last_obs: torch.Tensor, # [..., 39] the window's last state (the residual's base; broadcasts)
                 ) -> dict:
-    "`StateModel.forward` after `encode`, returned as `WorldModel.predict` does: mu, sigma, vent_prob, mask_prob."
+    ("`StateModel.forward` after `encode`, returned as `WorldModel.predict` does: mu, sigma, vent_prob, "
+     "mask_prob.")
     vent_logit = sm.vent_head(h)
     z = sm.trans_pre(torch.cat([h, torch.sigmoid(vent_logit)], -1))
     mu = sm.mu_head(z) + (last_obs if sm.cfg.residual else 0)
-    return dict(mu=mu, sigma=sm.log_sigma_head(z).clamp(-5, 2).exp(), vent_prob=torch.sigmoid(vent_logit.squeeze(-1)),
+    return dict(mu=mu, sigma=sm.log_sigma_head(z).clamp(-5, 2).exp(),
+                vent_prob=torch.sigmoid(vent_logit.squeeze(-1)),
                 mask_prob=torch.sigmoid(sm.mask_head(z)))
 
 @torch.inference_mode()
@@ -130,50 +147,39 @@ def predict_candidates(sm: StateModel, # a GRU or LSTM state model, in eval mode
                        obs: torch.Tensor, # [E, W, 39] windows of E episodes (zeros before admission)
                        mask: torch.Tensor, # [E, W, 38]
                        static: torch.Tensor, # [E, 3]
-                       history_action: torch.Tensor, # [E, W-1, 10] two-hot actions of the first W-1 steps (zeros before admission)
-                       action: torch.Tensor, # [E, K, 10] two-hot candidate actions at the last step, K per episode
+                       # [E, W-1, 10] two-hot actions of the first W-1 steps (zeros before admission)
+                       history_action: torch.Tensor,
+                       # [E, K, 10] two-hot candidate actions at the last step, K per episode
+                       action: torch.Tensor,
                        layers: list | None = None, # `folded_layers(sm)`, if already made
                        ) -> dict:
-    "`WorldModel.predict` of the E x K candidate windows ([E, K, ...]), running each episode's W-1 shared steps once."
-    if sm.cfg.backbone not in ('gru', 'lstm'): raise ValueError(f"prefix sharing needs a recurrent backbone, not {sm.cfg.backbone!r}")
+    ("`WorldModel.predict` of the E x K candidate windows ([E, K, ...]), running each episode's W-1 shared "
+     "steps once.")
+    if sm.cfg.backbone not in ('gru', 'lstm'):
+        raise ValueError(f"prefix sharing needs a recurrent backbone, not {sm.cfg.backbone!r}")
     E, T = obs.shape[0], obs.shape[1] - 1
-    cell, layers = (gru_cell if sm.cfg.backbone == 'gru' else lstm_cell), (folded_layers(sm) if layers is None else layers)
-    x = torch.cat([obs[:, :-1], mask[:, :-1], static[:, None].expand(-1, T, -1), history_action], -1)   # [E, T, 90]
-    states = [tuple(torch.zeros(E, sm.cfg.hidden) for _ in range(1 if cell is gru_cell else 2)) for _ in layers]
-    for t in range(T):                                          # the shared history, once per episode, up the stack step by step
+    cell, layers = (gru_cell if sm.cfg.backbone == 'gru' else lstm_cell), (folded_layers(sm) if layers is None
+                                                                           else layers)
+    # [E, T, 90]
+    x = torch.cat([obs[:, :-1], mask[:, :-1], static[:, None].expand(-1, T, -1), history_action], -1)
+    states = [tuple(torch.zeros(E,
+                                sm.cfg.hidden) for _ in range(1 if cell is gru_cell else 2)) for _ in layers]
+    # the shared history, once per episode, up the stack step by step
+    for t in range(T):
         inp = x[:, t]
         for l, (W_ih, b_ih, W_hh, b_hh) in enumerate(layers):
-            states[l] = cell(F.linear(inp, W_ih, b_ih), F.linear(states[l][0], W_hh, b_hh) if t else b_hh, states[l])
+            states[l] = cell(F.linear(inp, W_ih, b_ih), F.linear(states[l][0], W_hh, b_hh) if t else b_hh,
+                             states[l])
             inp = states[l][0]
-    for l, (W_ih, b_ih, W_hh, b_hh) in enumerate(layers):       # the last step: K candidates from each episode's states
+    # the last step: K candidates from each episode's states
+    for l, (W_ih, b_ih, W_hh, b_hh) in enumerate(layers):
         if l == 0:   # the episode's state, masks and statics (once), plus each candidate's action
             shared = F.linear(torch.cat([obs[:, -1], mask[:, -1], static], -1), W_ih[:, :-N_ACTION], b_ih)
             gi = F.linear(action, W_ih[:, -N_ACTION:]).add_(shared[:, None])
         else: gi = F.linear(h_c, W_ih, b_ih)
-        h_c = cell(gi, F.linear(states[l][0], W_hh, b_hh)[:, None], tuple(v[:, None] for v in states[l]))[0]   # [E, K, hidden]
+        # [E, K, hidden]
+        h_c = cell(gi, F.linear(states[l][0], W_hh, b_hh)[:, None], tuple(v[:, None] for v in states[l]))[0]
     return state_heads(sm, h_c, obs[:, -1:])
-
-# %% ../nbs/11_env.ipynb
-@dataclass
-class ScalerArrays:
-    "The episode scalers as arrays over the 39 features, for preparing states one step at a time."
-    median: np.ndarray; low: np.ndarray; high: np.ndarray; mean: np.ndarray; sd: np.ndarray
-    @classmethod
-    def from_episodes(cls, ep: Episodes) -> 'ScalerArrays':
-        s = ep.scalers
-        return cls(*(np.array([getattr(s, k)[f] for f in FEATURES], np.float64) for k in ('median', 'low', 'high', 'mean', 'sd')))
-    def impute(self, last_seen: np.ndarray) -> np.ndarray:
-        "Median where never measured, then clipped: the `_imputed` columns of the episode table."
-        return np.clip(np.where(np.isnan(last_seen), self.median, last_seen), self.low, self.high)
-    def standardize(self, imputed: np.ndarray) -> np.ndarray:
-        "z-scores of imputed values (urine through log1p): the `_z` columns."
-        x = imputed.copy(); x[..., -1] = np.log1p(x[..., -1])
-        return (x - self.mean) / self.sd
-    def destandardize(self, z: np.ndarray) -> np.ndarray:
-        "Standardized [..., 39] -> clinical units (urine back through expm1): `worldmodel.destandardize` with the arrays made once."
-        x = np.asarray(z, dtype=np.float64) * self.sd + self.mean
-        x[..., URINE] = np.maximum(np.expm1(x[..., URINE]), 0.0)   # float rounding at 0 mL must not show as negative urine
-        return x
 
 # %% ../nbs/11_env.ipynb
 @dataclass
@@ -185,6 +191,7 @@ class Transition:
     vent_prob: np.ndarray    # [B]
     mu: np.ndarray           # [B, 39] the model's mean (standardized)
 
+# %% ../nbs/11_env.ipynb
 class SepsisEnv(VectorEnv):
     "Replay-then-simulate environment over a batch of real ICU episodes (gymnasium VectorEnv conventions)."
     metadata = {'autoreset_mode': None}
@@ -194,12 +201,13 @@ class SepsisEnv(VectorEnv):
                  split: str = 'test', # which split's episodes are replayed
                  num_envs: int = 1, # episodes per batch
                  seed: int = 0, # noise seed (reset(seed=...) overrides)
-                 resample: bool = False, # True: the applied next state is a fresh sample, not the one `simulate` showed
-                 outcome_rule: str = 'threshold', # 'threshold': death if P > 0.5 (published); 'sample': Bernoulli(P)
-                 share_prefix: bool = True, # GRU/LSTM: encode each episode's shared history once for all its candidates
+                 resample: bool = False, # True: the applied next state is a fresh sample, not the one shown
+                 outcome_rule: str = 'threshold', # 'threshold': death if P > 0.5 (published); 'sample': drawn
+                 share_prefix: bool = True, # GRU/LSTM: read an episode's history once for all candidates
                  ):
         if num_envs < 1: raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if outcome_rule not in ('threshold', 'sample'): raise ValueError(f"outcome_rule must be 'threshold' or 'sample', got {outcome_rule!r}")
+        if outcome_rule not in ('threshold', 'sample'):
+            raise ValueError(f"outcome_rule must be 'threshold' or 'sample', got {outcome_rule!r}")
         self.wm, self.ep, self.split, self.num_envs, self.seed = wm, ep, split, num_envs, seed
         self.resample, self.outcome_rule, self.share_prefix = resample, outcome_rule, share_prefix
         self.data = EpisodeArrays.from_episodes(ep, split)
@@ -209,190 +217,248 @@ class SepsisEnv(VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.z_low, self.z_high = wm.z_low.numpy(), wm.z_high.numpy()
-        self.scalers = ScalerArrays.from_episodes(ep)
+        self.scalers = ep.scalers
         self._layers = folded_layers(wm.state) if wm.cfg.backbone in ('gru', 'lstm') else None
         self.idx = None
 
-    # -- state of the batch ------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        "Start episodes `options['episodes']` (indices into the split; default: the first num_envs)."
-        if seed is not None: self.seed = seed
-        idx = np.asarray((options or {}).get('episodes', np.arange(self.num_envs)), dtype=np.int64)
-        if len(idx) != self.num_envs: raise ValueError(f"reset got {len(idx)} episodes for num_envs={self.num_envs}")
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self.data)):
-            raise ValueError(f"episode indices must be in 0..{len(self.data) - 1} of the {self.split!r} split")
-        d, N = self.data, len(idx)
-        self.idx, self.stay_id = idx, d.stay_id[idx]
-        self.length = d.lengths[idx].numpy()
-        self.obs, self.masks = d.obs[idx].numpy().copy(), d.masks[idx].numpy().copy()
-        self.static = d.static[idx].numpy()
-        self.actions = np.zeros((N, d.obs.shape[1], 2), np.int64)
-        self.vent = d.vent[idx].numpy().copy()
-        self.raw = self.scalers.destandardize(self.obs)
-        self.t = np.zeros(N, np.int64)
-        self.diverged = np.zeros(N, bool); self.divergence_step = np.full(N, -1)
-        self.done = np.zeros(N, bool); self.died = np.full(N, np.nan); self.death_prob = np.full(N, np.nan)
-        self.simulated = np.zeros_like(self.vent, dtype=bool)
-        self.logged, self.logged_died = d.actions[idx].numpy(), d.died_90d[idx].numpy().astype(bool)
-        return self._observation(), self._info(np.zeros(N, bool))
+# %% ../nbs/11_env.ipynb
+@patch
+def reset(self: SepsisEnv, *, seed: int | None = None, options: dict | None = None):
+    "Start episodes `options['episodes']` (indices into the split; default: the first num_envs)."
+    if seed is not None: self.seed = seed
+    idx = np.asarray((options or {}).get('episodes', np.arange(self.num_envs)), dtype=np.int64)
+    if len(idx) != self.num_envs:
+        raise ValueError(f"reset got {len(idx)} episodes for num_envs={self.num_envs}")
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(self.data)):
+        raise ValueError(f"episode indices must be in 0..{len(self.data) - 1} of the {self.split!r} split")
+    d, N = self.data, len(idx)
+    self.idx, self.stay_id = idx, d.stay_id[idx]
+    self.length = d.lengths[idx].numpy()
+    self.obs, self.masks = d.obs[idx].numpy().copy(), d.masks[idx].numpy().copy()
+    self.static = d.static[idx].numpy()
+    self.actions = np.zeros((N, d.obs.shape[1], 2), np.int64)
+    self.vent = d.vent[idx].numpy().copy()
+    self.raw = self.scalers.destandardize(self.obs)
+    self.t = np.zeros(N, np.int64)
+    self.diverged, self.divergence_step = np.zeros(N, bool), np.full(N, -1)
+    self.done, self.died, self.death_prob = np.zeros(N, bool), np.full(N, np.nan), np.full(N, np.nan)
+    self.simulated = np.zeros_like(self.vent, dtype=bool)
+    self.logged, self.logged_died = d.actions[idx].numpy(), d.died_90d[idx].numpy().astype(bool)
+    return self._observation(), self._info(np.zeros(N, bool))
 
-    def _observation(self) -> np.ndarray:
-        i = np.arange(len(self.t)); t = np.minimum(self.t, self.length - 1)
-        return np.concatenate([self.obs[i, t], self.masks[i, t], self.static], 1).astype(np.float32)
+@patch
+def _observation(self: SepsisEnv) -> np.ndarray:
+    i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
+    return np.concatenate([self.obs[i, t], self.masks[i, t], self.static], 1).astype(np.float32)
 
-    def _running_vaso(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        "Vasopressor level running into the state at step t of episodes `rows`: the previous action's (0 at admission)."
-        return np.where(t > 0, self.actions[rows, np.maximum(t - 1, 0), 0], 0)
+# %% ../nbs/11_env.ipynb
+@patch
+def _running_vaso(self: SepsisEnv, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    "Vasopressor level running into the state at step t of episodes `rows`: the previous action's."
+    return np.where(t > 0, self.actions[rows, np.maximum(t - 1, 0), 0], 0)
 
-    def _urine(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        "Urine output of steps t-5..t of episodes `rows` [B, 6]; zeros before admission (none collected)."
-        s = t[:, None] + np.arange(-SOFA_WINDOW + 1, 1)
-        return np.where(s >= 0, self.raw[rows[:, None], np.maximum(s, 0), URINE], 0.0)
+@patch
+def _urine(self: SepsisEnv, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    "Urine output of steps t-5..t of episodes `rows` [B, 6]; zeros before admission (none collected)."
+    s = t[:, None] + np.arange(-SOFA_WINDOW + 1, 1)
+    return np.where(s >= 0, self.raw[rows[:, None], np.maximum(s, 0), URINE], 0.0)
 
-    def _sofa(self, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
-        "SOFA total of the (replayed or applied) state at step t of episodes `rows`."
-        return state_sofa(self.raw[rows, t], self._urine(rows, t), t, self.vent[rows, t] > 0.5, self._running_vaso(rows, t))['sofa_total']
+@patch
+def _sofa(self: SepsisEnv, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    "SOFA total of the (replayed or applied) state at step t of episodes `rows`."
+    vent = self.vent[rows, t] > 0.5
+    vaso = self._running_vaso(rows, t)
+    return state_sofa(self.raw[rows, t], self._urine(rows, t), t, vent, vaso)['sofa_total']
 
+@patch
+def _info(self: SepsisEnv, new_simulated: np.ndarray) -> dict:
+    i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
+    sofa = self._sofa(i, t)
+    return dict(stay_id=self.stay_id, step=self.t.copy(), sofa=sofa,
+                lactate=self.raw[i, t, FEATURES.index('lactate')], vent_prob=self.vent[i, t].copy(),
+                divergence_step=self.divergence_step.copy(), simulated=new_simulated,
+                done=self.done.copy(), died=self.died.copy(), death_prob=self.death_prob.copy())
 
-    def _info(self, new_simulated: np.ndarray) -> dict:
-        i, t = np.arange(len(self.t)), np.minimum(self.t, self.length - 1)
-        sofa = self._sofa(i, t)
-        return dict(stay_id=self.stay_id, step=self.t.copy(), sofa=sofa, lactate=self.raw[i, t, FEATURES.index('lactate')],
-                    vent_prob=self.vent[i, t].copy(), divergence_step=self.divergence_step.copy(), simulated=new_simulated,
-                    done=self.done.copy(), died=self.died.copy(), death_prob=self.death_prob.copy())
+@patch
+def logged_actions(self: SepsisEnv) -> np.ndarray:
+    "The clinicians' actions at each episode's current step [N, 2]."
+    return self.logged[np.arange(self.num_envs), np.minimum(self.t, self.length - 1)]
 
-    def logged_actions(self) -> np.ndarray:
-        "The clinicians' actions at each episode's current step [N, 2]."
-        return self.logged[np.arange(self.num_envs), np.minimum(self.t, self.length - 1)]
+# %% ../nbs/11_env.ipynb
+@patch
+def _history(self: SepsisEnv, rows: np.ndarray, W: int):
+    ("Windows of W steps ending at the current step of episodes `rows` (zeros before admission): "
+     "obs, masks, static, and the two-hot actions of the first W-1 steps.")
+    steps = self.t[rows][:, None] + np.arange(-W + 1, 1)
+    valid = (steps >= 0)[..., None].astype(np.float32)
+    s = np.maximum(steps, 0)
+    obs = self.obs[rows[:, None], s] * valid
+    if not np.isfinite(obs).all():
+        bad = self.stay_id[rows][~np.isfinite(obs).all((1, 2))][:5]
+        raise ValueError(f"NaN in the history window of stays {bad}")
+    acts = self.actions[rows[:, None], s[:, :-1]]
+    return (torch.from_numpy(obs), torch.from_numpy(self.masks[rows[:, None], s] * valid),
+            torch.from_numpy(self.static[rows]),
+            torch.from_numpy(ACTION_TWO_HOT[5 * acts[..., 0] + acts[..., 1]] * valid[:, :-1]))
 
-    # -- the world model ---------------------------------------------------------------------
-    def _history(self, rows: np.ndarray, W: int):
-        "Windows of W steps ending at the current step of episodes `rows` (zeros before admission): obs, masks, static, and the two-hot actions of the first W-1 steps."
-        steps = self.t[rows][:, None] + np.arange(-W + 1, 1)
-        valid = (steps >= 0)[..., None].astype(np.float32)
-        s = np.maximum(steps, 0)
-        obs = self.obs[rows[:, None], s] * valid
-        if not np.isfinite(obs).all(): raise ValueError(f"NaN in the history window of stays {self.stay_id[rows][~np.isfinite(obs).all((1, 2))][:5]}")
-        acts = self.actions[rows[:, None], s[:, :-1]]
-        return (torch.from_numpy(obs), torch.from_numpy(self.masks[rows[:, None], s] * valid), torch.from_numpy(self.static[rows]),
-                torch.from_numpy(ACTION_TWO_HOT[5 * acts[..., 0] + acts[..., 1]] * valid[:, :-1]))
+@patch
+def _windows(self: SepsisEnv, rows: np.ndarray, actions: np.ndarray, W: int):
+    "Windows of W steps ending at the current step of episodes `rows`, with `actions` at the last position."
+    obs, masks, static, acts = self._history(rows, W)
+    last = torch.from_numpy(ACTION_TWO_HOT[5 * actions[:, 0] + actions[:, 1]])[:, None]
+    return obs, masks, static, torch.cat([acts, last], 1)
 
-    def _windows(self, rows: np.ndarray, actions: np.ndarray, W: int):
-        "Windows of W steps ending at the current step of episodes `rows`, with `actions` at the last position."
-        obs, masks, static, acts = self._history(rows, W)
-        return obs, masks, static, torch.cat([acts, torch.from_numpy(ACTION_TWO_HOT[5 * actions[:, 0] + actions[:, 1]])[:, None]], 1)
+# %% ../nbs/11_env.ipynb
+@patch
+def _predict(self: SepsisEnv, rows: np.ndarray, actions: np.ndarray, keep: np.ndarray) -> dict:
+    "The state model on the kept (episode, action) pairs ([B], row-major): histories once if recurrent."
+    W = self.wm.cfg.state_window
+    if not (self.share_prefix and self._layers is not None):
+        pairs = np.repeat(rows, actions.shape[1])[keep.ravel()]
+        return self.wm.predict(*self._windows(pairs, actions[keep], W))
+    candidates = torch.from_numpy(ACTION_TWO_HOT[5 * actions[..., 0] + actions[..., 1]])
+    p = predict_candidates(self.wm.state, *self._history(rows, W), candidates, layers=self._layers)
+    if keep.all(): return {k: v.flatten(0, 1) for k, v in p.items()}
+    keep = torch.from_numpy(keep)
+    return {k: v[keep] for k, v in p.items()}
 
-    def _predict(self, rows: np.ndarray, actions: np.ndarray, keep: np.ndarray) -> dict:
-        "The state model on the kept (episode, action) pairs ([B], row-major); a recurrent backbone runs each episode's history once."
-        W = self.wm.cfg.state_window
-        if not (self.share_prefix and self._layers is not None):
-            return self.wm.predict(*self._windows(np.repeat(rows, actions.shape[1])[keep.ravel()], actions[keep], W))
-        p = predict_candidates(self.wm.state, *self._history(rows, W), torch.from_numpy(ACTION_TWO_HOT[5 * actions[..., 0] + actions[..., 1]]),
-                               layers=self._layers)
-        if keep.all(): return {k: v.flatten(0, 1) for k, v in p.items()}
-        keep = torch.from_numpy(keep)
-        return {k: v[keep] for k, v in p.items()}
+@patch
+def _sample(self: SepsisEnv, rows: np.ndarray, # [E] distinct episodes
+            actions: np.ndarray, # [E, K, 2] K actions for each
+            draw: int = 0, # noise stream (0: the one `simulate` shows)
+            keep: np.ndarray | None = None, # [E, K] which pairs to sample (default: all)
+            ) -> Transition:
+    ("Sample the next states of the kept (episode, action) pairs, flattened row-major "
+     "(keyed noise, clipped, masks from the mask head).")
+    keep = np.ones(actions.shape[:2], bool) if keep is None else keep
+    p = {k: v.numpy() for k, v in self._predict(rows, actions, keep).items()}
+    rows, actions = np.repeat(rows, actions.shape[1])[keep.ravel()], actions[keep]
+    mu, sigma = p['mu'], p['sigma']
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise FloatingPointError("the state model returned NaN or inf")
+    t = self.t[rows]
+    u = keyed_uniform(transition_keys(self.seed, self.stay_id[rows], t, actions, draw), N_OBS + N_MASK)
+    masks = (u[:, N_OBS:] < p['mask_prob']).astype(np.float32)
+    z = ndtri(u[:, :N_OBS])
+    z *= sigma                                                   # mu + sigma * eps, in place (float64)
+    z += mu
+    z = np.clip(z, self.z_low, self.z_high, out=z).astype(np.float32)
+    unmeasured = measured_weights(torch.from_numpy(masks)).numpy() == 0
+    np.copyto(z, self.obs[rows, t], where=unmeasured)           # unmeasured: carried forward
+    return Transition(z=z, raw=self.scalers.destandardize(z), masks=masks, vent_prob=p['vent_prob'], mu=mu)
 
-    def _sample(self, rows: np.ndarray, # [E] distinct episodes
-                actions: np.ndarray, # [E, K, 2] K actions for each
-                draw: int = 0, # noise stream (0: the one `simulate` shows)
-                keep: np.ndarray | None = None, # [E, K] which pairs to sample (default: all)
-                ) -> Transition:
-        "Sample the next states of the kept (episode, action) pairs, flattened row-major (keyed noise, clipped, masks from the mask head)."
-        keep = np.ones(actions.shape[:2], bool) if keep is None else keep
-        p = {k: v.numpy() for k, v in self._predict(rows, actions, keep).items()}
-        rows, actions = np.repeat(rows, actions.shape[1])[keep.ravel()], actions[keep]
-        mu, sigma = p['mu'], p['sigma']
-        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()): raise FloatingPointError("the state model returned NaN or inf")
+# %% ../nbs/11_env.ipynb
+@patch
+def simulate(self: SepsisEnv, candidates) -> dict:
+    "Predicted next state of K candidate actions per episode [N, K, 2] (-1: no candidate), not advancing."
+    c = np.asarray(candidates, dtype=np.int64)
+    if c.ndim != 3 or c.shape[0] != self.num_envs or c.shape[2] != 2:
+        raise ValueError(f"candidates must have shape [num_envs={self.num_envs}, K, 2], got {c.shape}")
+    valid = (c >= 0).all(-1) & ~self.done[:, None]
+    if (c[(c >= 0).all(-1)] > 4).any():
+        raise ValueError("candidate action levels must be in 0..4 (or -1 for no candidate)")
+    N, K = c.shape[:2]
+    out = dict(z=np.full((N, K, N_OBS), np.nan, np.float32), raw=np.full((N, K, N_OBS), np.nan),
+               masks=np.zeros((N, K, N_MASK), np.float32), vent_prob=np.full((N, K), np.nan),
+               sofa=np.full((N, K), np.nan), valid=valid)
+    if valid.any():
+        e = np.flatnonzero(valid.any(1))
+        tr = self._sample(e, np.where(valid[e, :, None], c[e], 0), keep=valid[e])
+        rows, ks = np.nonzero(valid)                                  # the same pairs, in the same order
+        out['z'][rows, ks], out['raw'][rows, ks] = tr.z, tr.raw
+        out['masks'][rows, ks], out['vent_prob'][rows, ks] = tr.masks, tr.vent_prob
         t = self.t[rows]
-        u = keyed_uniform(transition_keys(self.seed, self.stay_id[rows], t, actions, draw), N_OBS + N_MASK)
-        masks = (u[:, N_OBS:] < p['mask_prob']).astype(np.float32)
-        z = ndtri(u[:, :N_OBS]); z *= sigma; z += mu                    # mu + sigma * eps (float64)
-        z = np.clip(z, self.z_low, self.z_high, out=z).astype(np.float32)
-        np.copyto(z, self.obs[rows, t], where=measured_weights(torch.from_numpy(masks)).numpy() == 0)   # unmeasured: carried forward
-        return Transition(z=z, raw=self.scalers.destandardize(z), masks=masks, vent_prob=p['vent_prob'], mu=mu)
+        urine = np.concatenate([self._urine(rows, t)[:, 1:], tr.raw[:, None, URINE]], 1)   # candidate's last
+        sofa = state_sofa(tr.raw, urine, t + 1, tr.vent_prob > 0.5, c[rows, ks, 0])
+        out['sofa'][rows, ks] = sofa['sofa_total']
+    return out
 
-    def simulate(self, candidates) -> dict:
-        "Predicted next state of K candidate actions per episode [N, K, 2] (-1 = no candidate), without advancing."
-        c = np.asarray(candidates, dtype=np.int64)
-        if c.ndim != 3 or c.shape[0] != self.num_envs or c.shape[2] != 2:
-            raise ValueError(f"candidates must have shape [num_envs={self.num_envs}, K, 2], got {c.shape}")
-        valid = (c >= 0).all(-1) & ~self.done[:, None]
-        if (c[(c >= 0).all(-1)] > 4).any(): raise ValueError("candidate action levels must be in 0..4 (or -1 for no candidate)")
-        N, K = c.shape[:2]
-        out = dict(z=np.full((N, K, N_OBS), np.nan, np.float32), raw=np.full((N, K, N_OBS), np.nan), masks=np.zeros((N, K, N_MASK), np.float32),
-                   vent_prob=np.full((N, K), np.nan), sofa=np.full((N, K), np.nan), valid=valid)
-        if valid.any():
-            e = np.flatnonzero(valid.any(1))
-            tr = self._sample(e, np.where(valid[e, :, None], c[e], 0), keep=valid[e])
-            rows, ks = np.nonzero(valid)                                  # the same pairs, in the same order
-            out['z'][rows, ks], out['raw'][rows, ks], out['masks'][rows, ks], out['vent_prob'][rows, ks] = tr.z, tr.raw, tr.masks, tr.vent_prob
-            t = self.t[rows]
-            urine = np.concatenate([self._urine(rows, t)[:, 1:], tr.raw[:, None, URINE]], 1)   # the candidate's urine appended
-            out['sofa'][rows, ks] = state_sofa(tr.raw, urine, t + 1, tr.vent_prob > 0.5, c[rows, ks, 0])['sofa_total']
-        return out
+# %% ../nbs/11_env.ipynb
+@patch
+def step(self: SepsisEnv, actions):
+    "Apply one prescription [N, 2] per episode: replay or simulate the next state; reward; terminal outcome."
+    a = np.asarray(actions, dtype=np.int64)
+    if a.shape != (self.num_envs, 2):
+        raise ValueError(f"actions must have shape [{self.num_envs}, 2], got {a.shape}")
+    if (a < 0).any() or (a > 4).any():
+        raise ValueError(f"action levels must be in 0..4, got {a.min()}..{a.max()}")
+    N, i = self.num_envs, np.arange(self.num_envs)
+    active = ~self.done
+    t = self.t.copy()
+    logged = self.logged_actions()
+    newly = active & ~self.diverged & (a != logged).any(1)
+    self.divergence_step[newly] = t[newly]
+    self.diverged |= newly
+    self.actions[i[active], t[active]] = a[active]
+    last = active & (t + 1 >= self.length)
+    moving = active & ~last
+    sim = moving & self.diverged
+    if sim.any():
+        rows = np.flatnonzero(sim)
+        tr = self._sample(rows, a[rows, None], draw=1 if self.resample else 0)
+        self.obs[rows, t[rows] + 1], self.masks[rows, t[rows] + 1] = tr.z, tr.masks
+        self.raw[rows, t[rows] + 1], self.vent[rows, t[rows] + 1] = tr.raw, tr.vent_prob
+        self.simulated[rows, t[rows] + 1] = True
+    reward = np.zeros(N)
+    if moving.any():
+        r = np.flatnonzero(moving)
+        now, nxt = self._sofa(r, t[r]), self._sofa(r, t[r] + 1)   # actions[t] = a[r] runs into t + 1
+        lac = FEATURES.index('lactate')
+        reward[r] = shaped_reward(now, nxt, self.raw[r, t[r], lac], self.raw[r, t[r] + 1, lac])
+    if last.any():
+        r = np.flatnonzero(last)
+        died = self._outcome(r, a, t)
+        self.died[r] = died
+        reward[r] = np.where(died, -15.0, 15.0)
+        self.done[r] = True
+    self.t = np.where(moving, t + 1, t)
+    info = self._info(sim)
+    return self._observation(), reward, last.copy(), np.zeros(N, bool), info
 
-    # -- advancing ---------------------------------------------------------------------------
-    def step(self, actions):
-        "Apply one prescription [N, 2] per episode: replay or simulate the next state; reward; terminal outcome."
-        a = np.asarray(actions, dtype=np.int64)
-        if a.shape != (self.num_envs, 2): raise ValueError(f"actions must have shape [{self.num_envs}, 2], got {a.shape}")
-        if (a < 0).any() or (a > 4).any(): raise ValueError(f"action levels must be in 0..4, got {a.min()}..{a.max()}")
-        N, i = self.num_envs, np.arange(self.num_envs)
-        active = ~self.done
-        t = self.t.copy()
-        logged = self.logged_actions()
-        newly = active & ~self.diverged & (a != logged).any(1)
-        self.divergence_step[newly] = t[newly]; self.diverged |= newly
-        self.actions[i[active], t[active]] = a[active]
-        last = active & (t + 1 >= self.length)
-        moving = active & ~last
-        sim = moving & self.diverged
-        if sim.any():
-            rows = np.flatnonzero(sim)
-            tr = self._sample(rows, a[rows, None], draw=1 if self.resample else 0)
-            self.obs[rows, t[rows] + 1], self.masks[rows, t[rows] + 1] = tr.z, tr.masks
-            self.raw[rows, t[rows] + 1], self.vent[rows, t[rows] + 1] = tr.raw, tr.vent_prob
-            self.simulated[rows, t[rows] + 1] = True
-        reward = np.zeros(N)
-        if moving.any():
-            r = np.flatnonzero(moving)
-            now, nxt = self._sofa(r, t[r]), self._sofa(r, t[r] + 1)      # actions[t] is already a[r]: it runs into t + 1
-            lac = FEATURES.index('lactate')
-            reward[r] = shaped_reward(now, nxt, self.raw[r, t[r], lac], self.raw[r, t[r] + 1, lac])
-        if last.any():
-            r = np.flatnonzero(last)
-            died = self.logged_died[r].copy()
-            dv = r[self.diverged[r]]
-            if len(dv):
-                W = self.wm.cfg.outcome_window
-                prob = self.wm.mortality(*self._windows(dv, a[dv], W)).numpy()
-                self.death_prob[dv] = prob
-                if self.outcome_rule == 'threshold': d = prob > 0.5
-                else: d = keyed_uniform(transition_keys(self.seed, self.stay_id[dv], t[dv], a[dv], draw=7), 1)[:, 0] < prob
-                died[np.isin(r, dv)] = d
-            self.died[r] = died
-            reward[r] = np.where(died, -15.0, 15.0)
-            self.done[r] = True
-        self.t = np.where(moving, t + 1, t)
-        info = self._info(sim)
-        return self._observation(), reward, last.copy(), np.zeros(N, bool), info
+# %% ../nbs/11_env.ipynb
+@patch
+def _outcome(self: SepsisEnv, r: np.ndarray, # episodes at their last step
+             a: np.ndarray, # [N] the prescriptions of this step
+             t: np.ndarray, # [N] the current steps
+             ) -> np.ndarray:
+    "Death by 90 days of episodes `r`: the logged outcome, or the outcome model's for a diverged episode."
+    died = self.logged_died[r].copy()
+    dv = r[self.diverged[r]]
+    if len(dv):
+        W = self.wm.cfg.outcome_window
+        prob = self.wm.mortality(*self._windows(dv, a[dv], W)).numpy()
+        self.death_prob[dv] = prob
+        if self.outcome_rule == 'threshold': d = prob > 0.5
+        else:
+            u = keyed_uniform(transition_keys(self.seed, self.stay_id[dv], t[dv], a[dv], draw=7), 1)
+            d = u[:, 0] < prob
+        died[np.isin(r, dv)] = d
+    return died
 
-    def history(self, i: int) -> dict:
-        "Everything episode i has seen so far (raw and standardized states, masks, actions, simulated flags) -- for prompts."
-        n = int(min(self.t[i] + 1, self.length[i]))
-        return dict(stay_id=int(self.stay_id[i]), raw=self.raw[i, :n], z=self.obs[i, :n], masks=self.masks[i, :n],
-                    actions=self.actions[i, :n], vent_prob=self.vent[i, :n], simulated=self.simulated[i, :n], static=self.static[i])
+# %% ../nbs/11_env.ipynb
+@patch
+def history(self: SepsisEnv, i: int) -> dict:
+    "Everything episode i has seen so far (raw and standardized states, masks, actions, simulated flags)."
+    n = int(min(self.t[i] + 1, self.length[i]))
+    return dict(stay_id=int(self.stay_id[i]), raw=self.raw[i, :n], z=self.obs[i, :n], masks=self.masks[i, :n],
+                actions=self.actions[i, :n], vent_prob=self.vent[i, :n], simulated=self.simulated[i, :n],
+                static=self.static[i])
 
-def make_env(profile: Profile | str | None = None, split: str = 'test', num_envs: int = 1, backbone: str | None = None, **kw) -> SepsisEnv:
+def make_env(profile: Profile | str | None = None, # name or Profile (None: $SEPSISAGENT_PROFILE)
+             split: str = 'test', # which split's episodes
+             num_envs: int = 1, # episodes per batch
+             backbone: str | None = None, # world-model backbone (default: the profile's)
+             **kw) -> SepsisEnv:
     "The profile's environment: its episodes and its (cached) world model."
     profile = get_profile(profile)
-    return SepsisEnv(load_or_train_world_model(profile, backbone), load_or_build_episodes(profile), split, num_envs,
+    return SepsisEnv(load_or_train_world_model(profile, backbone), load_or_build_episodes(profile),
+                     split, num_envs,
                      seed=kw.pop('seed', derive_seed(profile.seed, 'env')), **kw)
 
 # %% ../nbs/11_env.ipynb
 def run_episodes(env: SepsisEnv, policy, episodes, seed: int | None = None) -> dict:
-    "Run `episodes` (indices) to the end with policy(env, obs, info) -> [N, 2]; returns rewards [N, 20], returns, died, info trace."
+    ("Run `episodes` (indices) to the end with policy(env, obs, info) -> [N, 2]; returns rewards [N, 20], "
+     "returns, died, info trace.")
     obs, info = env.reset(seed=seed, options=dict(episodes=episodes))
     rewards, trace = np.zeros((env.num_envs, env.data.obs.shape[1])), []
     while not env.done.all():
@@ -400,6 +466,7 @@ def run_episodes(env: SepsisEnv, policy, episodes, seed: int | None = None) -> d
         obs, r, term, trunc, info = env.step(policy(env, obs, info))
         rewards[np.arange(env.num_envs), t] += r
         trace.append(info)
-    return dict(rewards=rewards, returns=rewards.sum(1), died=env.died.copy(), trace=trace, divergence_step=env.divergence_step.copy())
+    return dict(rewards=rewards, returns=rewards.sum(1), died=env.died.copy(), trace=trace,
+                divergence_step=env.divergence_step.copy())
 
 def clinician_policy(env, obs, info): return env.logged_actions()

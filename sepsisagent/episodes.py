@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .core import (Profile, get_profile, processed_dir, build_once, provenance, module_fingerprint,
                               write_json, derive_seed, upstream_key)
-from .synthicu import FEATURES, VITALS, LABS, DECISION_OFFSET_H, observed_sofa_components, raghu_rewards
+from .synthicu import (FEATURES, VITALS, LABS, DECISION_OFFSET_H, observed_sofa_components,
+                                  raghu_rewards)
 from .mimic import EmptyDataError
 from .cohort import (Cohort, load_or_build_cohort, MAX_STEPS, VITAL_ITEMS, GCS_ITEMS, FIO2_ITEM,
                                 LAB_ITEMIDS, URINE_ITEMS)
@@ -28,7 +30,8 @@ __all__ = ['MASKS', 'STATICS', 'SOFA_COLUMNS', 'MEAN_FEATURES', 'FEATURE_SOURCES
 MASKS = [f'{f}_mask' for f in FEATURES[:-1]]
 STATICS = ['age', 'gender', 'charlson_comorbidity_index']
 SOFA_COLUMNS = ['sofa_resp', 'sofa_coag', 'sofa_liver', 'sofa_cardio', 'sofa_cns', 'sofa_renal', 'sofa_total']
-MEAN_FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye', 'gcs_verbal', 'gcs_motor']
+MEAN_FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
+                 'gcs_verbal', 'gcs_motor']
 assert len(MASKS) == 38 and MEAN_FEATURES == VITALS
 
 # %% ../nbs/04_episodes.ipynb
@@ -40,7 +43,8 @@ def step_of(hours: np.ndarray) -> np.ndarray:
     return np.ceil((np.asarray(hours, float) - DECISION_OFFSET_H) / 4).astype(int)
 
 # %% ../nbs/04_episodes.ipynb
-def interval_steps(start_h: np.ndarray, end_h: np.ndarray, max_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def interval_steps(start_h: np.ndarray, end_h: np.ndarray, max_step: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
     "Expand intervals [start, end) hours into (row, step, overlap hours) for the action windows [4k+1, 4k+5)."
     k0 = np.floor((start_h - DECISION_OFFSET_H) / 4).astype(int).clip(0, None)
     k1 = np.ceil((end_h - DECISION_OFFSET_H) / 4).astype(int).clip(None, max_step)
@@ -54,10 +58,12 @@ def interval_steps(start_h: np.ndarray, end_h: np.ndarray, max_step: int) -> tup
 
 # %% ../nbs/04_episodes.ipynb
 def raw_states(c: Cohort) -> pd.DataFrame:
-    "Raw 4-hourly states of every cohort stay: [stay_id, step] + 39 features (NaN = not measured in the window)."
+    ("Raw 4-hourly states of every cohort stay: [stay_id, step] + 39 features (NaN = not measured in the "
+     "window).")
     st = c.stays.set_index('stay_id')
     grid = pd.DataFrame({'stay_id': np.repeat(st.index.to_numpy(), st.n_steps.to_numpy()),
-                         'step': np.concatenate([np.arange(n) for n in st.n_steps.to_numpy()]) if len(st) else []})
+                         'step': (np.concatenate([np.arange(n) for n in st.n_steps.to_numpy()]) if len(st)
+                                  else [])})
     def windowed(df: pd.DataFrame, cols: list[str], labs: bool = False) -> pd.DataFrame:
         df = df[df.stay_id.isin(st.index)].copy()
         k = step_of(hours_since(df.charttime, df.stay_id.map(st.intime)))
@@ -66,7 +72,8 @@ def raw_states(c: Cohort) -> pd.DataFrame:
         df = df[df.step >= 0]
         return df.sort_values('charttime').groupby(['stay_id', 'step'])[cols]
     ev = c.events
-    parts = [windowed(ev['vitalsign'], ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c']).mean(),
+    parts = [windowed(ev['vitalsign'],
+                      ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c']).mean(),
              windowed(ev['fio2'], ['fio2']).mean(),
              windowed(ev['gcs'], ['gcs_eye', 'gcs_verbal', 'gcs_motor']).mean(),
              windowed(ev['lab'], LABS, labs=True).last(),
@@ -77,7 +84,8 @@ def raw_states(c: Cohort) -> pd.DataFrame:
 
 # %% ../nbs/04_episodes.ipynb
 def action_doses(c: Cohort, n_steps: int = MAX_STEPS + 6) -> pd.DataFrame:
-    "Per stay and step (0..n_steps-1): max NE-equivalent dose `ned_max` and IV fluid `fluid_ml` in [4k+1, 4k+5) h."
+    ("Per stay and step (0..n_steps-1): max NE-equivalent dose `ned_max` and IV fluid `fluid_ml` in [4k+1, "
+     "4k+5) h.")
     st = c.stays.set_index('stay_id')
     grid = pd.MultiIndex.from_product([st.index, range(n_steps)], names=['stay_id', 'step'])
     out = pd.DataFrame(index=grid).assign(ned_max=0.0, fluid_ml=0.0)
@@ -85,7 +93,8 @@ def action_doses(c: Cohort, n_steps: int = MAX_STEPS + 6) -> pd.DataFrame:
     if len(v):
         intime = v.stay_id.map(st.intime)
         r, k, _ = interval_steps(hours_since(v.starttime, intime), hours_since(v.endtime, intime), n_steps)
-        per = pd.DataFrame({'stay_id': v.stay_id.to_numpy()[r], 'itemid': v.itemid.to_numpy()[r], 'step': k, 'ned': v.ned.to_numpy()[r]})
+        per = pd.DataFrame({'stay_id': v.stay_id.to_numpy()[r], 'itemid': v.itemid.to_numpy()[r], 'step': k,
+                            'ned': v.ned.to_numpy()[r]})
         ned = per.groupby(['stay_id', 'step', 'itemid']).ned.max().groupby(['stay_id', 'step']).sum()
         out.loc[ned.index, 'ned_max'] = ned
     f = c.events['ivfluid']
@@ -93,15 +102,19 @@ def action_doses(c: Cohort, n_steps: int = MAX_STEPS + 6) -> pd.DataFrame:
         intime = f.stay_id.map(st.intime)
         s_h, e_h = hours_since(f.starttime, intime), hours_since(f.endtime, intime)
         r, k, ov = interval_steps(s_h, e_h, n_steps)
-        ml = pd.DataFrame({'stay_id': f.stay_id.to_numpy()[r], 'step': k,
-                           'ml': f.amount_ml.to_numpy()[r] * ov / np.maximum(e_h - s_h, 1e-9)[r]}).groupby(['stay_id', 'step']).ml.sum()
+        per = pd.DataFrame({'stay_id': f.stay_id.to_numpy()[r], 'step': k,
+                            'ml': f.amount_ml.to_numpy()[r] * ov / np.maximum(e_h - s_h, 1e-9)[r]})
+        ml = per.groupby(['stay_id', 'step']).ml.sum()
         out.loc[ml.index, 'fluid_ml'] = ml
     return out.reset_index()
 
 @dataclass
 class ActionBins:
     "Level edges (quartiles of non-zero training doses) and the median dose of each level, for both drugs."
-    vaso_edges: list; fluid_edges: list; vaso_median: list; fluid_median: list
+    vaso_edges: list
+    fluid_edges: list
+    vaso_median: list
+    fluid_median: list
     @classmethod
     def fit(cls, ned: np.ndarray, fluid: np.ndarray) -> 'ActionBins':
         def one(x, what):
@@ -111,7 +124,9 @@ class ActionBins:
                                      f"to bin them into 4 levels")
             edges = np.quantile(nz, [0.25, 0.5, 0.75])
             lev = 1 + np.searchsorted(edges, nz, side='right')
-            return edges.round(6).tolist(), [0.0] + [float(np.median(nz[lev == l])) if (lev == l).any() else float('nan') for l in range(1, 5)]
+            medians = [float(np.median(nz[lev == l])) if (lev == l).any() else float('nan')
+                       for l in range(1, 5)]
+            return edges.round(6).tolist(), [0.0] + medians
         ve, vm = one(ned, 'vasopressor (derived.vasopressor, icu/inputevents)')
         fe, fm = one(fluid, 'IV fluid (derived.ivfluid, icu/inputevents)')
         return cls(ve, fe, vm, fm)
@@ -128,8 +143,10 @@ def patient_splits(stays: pd.DataFrame, seed: int, frac=(0.8, 0.1, 0.1)) -> dict
     strat = subj if subj.value_counts().min() >= 3 else None
     train, rest = train_test_split(subj.index.to_numpy(), train_size=frac[0], random_state=seed % 2**32,
                                    stratify=None if strat is None else strat.to_numpy())
-    rest_strat = None if strat is None or strat.loc[rest].value_counts().min() < 2 else strat.loc[rest].to_numpy()
-    val, test = train_test_split(rest, test_size=frac[2] / (frac[1] + frac[2]), random_state=seed % 2**32, stratify=rest_strat)
+    rest_strat = (None if strat is None or strat.loc[rest].value_counts().min() < 2
+                  else strat.loc[rest].to_numpy())
+    val, test = train_test_split(rest, test_size=frac[2] / (frac[1] + frac[2]), random_state=seed % 2**32,
+                                 stratify=rest_strat)
     by = {'train': set(train), 'val': set(val), 'test': set(test)}
     return {k: sorted(stays.stay_id[stays.subject_id.isin(v)].astype(int).tolist()) for k, v in by.items()}
 
@@ -157,18 +174,25 @@ def unmeasured_features(raw: pd.DataFrame, # `raw_states` of the cohort `c`
 # %% ../nbs/04_episodes.ipynb
 @dataclass
 class Scalers:
-    "Training-split statistics of every feature: median (imputation), clip bounds, mean and sd (after clipping)."
-    median: dict; low: dict; high: dict; mean: dict; sd: dict
+    ("Training-split statistics of every feature: median (imputation), clip bounds, mean and sd (after "
+     "clipping).")
+    median: dict
+    low: dict
+    high: dict
+    mean: dict
+    sd: dict
     @classmethod
     def fit(cls, raw: pd.DataFrame, statics: pd.DataFrame) -> 'Scalers':
         med, lo, hi, mu, sd = {}, {}, {}, {}, {}
         ff = raw.groupby('stay_id')[FEATURES].ffill()
         for f in FEATURES:
-            x = ff[f].to_numpy(float); x = x[~np.isnan(x)]
+            x = ff[f].to_numpy(float)
+            x = x[~np.isnan(x)]
             if len(x) == 0:
                 raise EmptyDataError(f"Feature {f!r} is never measured in the training split (it comes from "
                                      f"{feature_source(f)}): cannot impute or scale it")
-            med[f] = float(np.median(x)); lo[f], hi[f] = map(float, np.quantile(x, [0.001, 0.999]))
+            med[f] = float(np.median(x))
+            lo[f], hi[f] = map(float, np.quantile(x, [0.001, 0.999]))
             z = np.clip(np.concatenate([x, np.full(int(ff[f].isna().sum()), med[f])]), lo[f], hi[f])
             z = np.log1p(z) if f == 'output_4hourly' else z
             mu[f], sd[f] = float(z.mean()), float(z.std() or 1.0)
@@ -186,13 +210,60 @@ class Scalers:
         return pd.DataFrame(out, index=raw.index)
 
 # %% ../nbs/04_episodes.ipynb
+_URINE = FEATURES.index('output_4hourly')   # the one feature standardized through log1p
+
+@patch
+def vector(self: Scalers, stat: str, # 'median', 'low', 'high', 'mean' or 'sd'
+          ) -> np.ndarray:
+    "[39] float64 array of one statistic over `FEATURES`, in their order."
+    return np.array([getattr(self, stat)[f] for f in FEATURES], np.float64)
+
+@patch
+def clip(self: Scalers, x: np.ndarray, # [..., 39] clinical units
+        ) -> np.ndarray:
+    "Clipped to the training 0.1 / 99.9 percentiles (NaN stays NaN)."
+    return np.clip(x, self.vector('low'), self.vector('high'))
+
+@patch
+def impute(self: Scalers, last_seen: np.ndarray, # [..., 39] last measured values (NaN: never measured)
+          ) -> np.ndarray:
+    "Median where never measured, then clipped: the `_imputed` columns of the episode table."
+    return self.clip(np.where(np.isnan(last_seen), self.vector('median'), last_seen))
+
+@patch
+def standardize(self: Scalers, imputed: np.ndarray, # [..., 39] imputed and clipped, clinical units
+               ) -> np.ndarray:
+    "z-scores of imputed values (urine through log1p): the `_z` columns."
+    x = imputed.copy()
+    x[..., _URINE] = np.log1p(x[..., _URINE])
+    return (x - self.vector('mean')) / self.vector('sd')
+
+@patch
+def destandardize(self: Scalers, z: np.ndarray, # [..., 39] standardized
+                 ) -> np.ndarray:
+    "Standardized [..., 39] -> clinical units (float64; urine back through expm1)."
+    x = np.asarray(z, dtype=np.float64) * self.vector('sd') + self.vector('mean')
+    # rounding at 0 mL must not show as negative urine
+    x[..., _URINE] = np.maximum(np.expm1(x[..., _URINE]), 0.0)
+    return x
+
+@patch
+def bounds(self: Scalers) -> tuple[np.ndarray, np.ndarray]:
+    "Standardized clip bounds [39] (float32): the training 0.1 / 99.9 percentiles in z-units."
+    return (self.standardize(self.vector('low')).astype(np.float32),
+            self.standardize(self.vector('high')).astype(np.float32))
+
+# %% ../nbs/04_episodes.ipynb
 def step_labels(c: Cohort, steps: pd.DataFrame, doses: pd.DataFrame) -> pd.DataFrame:
     "Ventilation, table SOFA (24-h worst at the decision hour) and VR for every [stay_id, step]."
     so = c.events['sofa']
     so = so.assign(step=(so.hr - DECISION_OFFSET_H + 1) / 4)        # hour ending at the decision 4k+1 = hr 4k
     so = so[so.step == so.step.round()].astype({'step': int})
-    cols = {f'sofa_{o}': f'sofa24_{o}' for o in ['resp', 'coag', 'liver', 'cardio', 'cns', 'renal']} | {'sofa_24hours': 'sofa24_total'}
-    lab = steps[['stay_id', 'step']].merge(so[['stay_id', 'step', 'ventilated'] + list(cols)].rename(columns=cols), how='left')
+    cols = {f'sofa_{o}': f'sofa24_{o}' for o in ['resp', 'coag', 'liver', 'cardio', 'cns',
+                                                 'renal']} | {'sofa_24hours': 'sofa24_total'}
+    lab = steps[['stay_id',
+                 'step']].merge(so[['stay_id', 'step', 'ventilated'] + list(cols)].rename(columns=cols),
+                                how='left')
     lab['ventilated'] = lab.ventilated.fillna(False).astype(bool)
     piv = doses.assign(on=doses.ned_max > 0).pivot(index='stay_id', columns='step', values='on').fillna(False)
     vaso = piv.to_numpy(bool)
@@ -219,25 +290,31 @@ class Episodes:
         keep = pos >= 0
         rows, steps = pos[keep], t.index.get_level_values(1).to_numpy()[keep]
         def fill(cols, dtype=np.float32):
-            out = np.zeros((N, K, len(cols)), dtype); out[rows, steps] = t.loc[keep, cols].to_numpy(dtype); return out
+            out = np.zeros((N, K, len(cols)), dtype)
+            out[rows, steps] = t.loc[keep, cols].to_numpy(dtype)
+            return out
         return dict(stay_id=st.stay_id.to_numpy(), obs=fill([f + '_z' for f in FEATURES]), masks=fill(MASKS),
                     static=st[['age_z', 'gender', 'charlson_z']].to_numpy(np.float32),
                     actions=fill(['vaso_level', 'fluid_level'], np.int64), rewards=fill(['reward'])[..., 0],
-                    lengths=st.n_steps.to_numpy(np.int64), died_90d=st.died_90d.to_numpy(bool), ihm=st.died_in_hospital.to_numpy(bool))
+                    lengths=st.n_steps.to_numpy(np.int64), died_90d=st.died_90d.to_numpy(bool),
+                    ihm=st.died_in_hospital.to_numpy(bool))
 
 def measured_parts(c: Cohort) -> tuple:
-    "(raw, doses, ep_doses): the 4-hourly raw states, the doses per step, and the doses on the states' (stay, step) grid."
+    ("(raw, doses, ep_doses): the 4-hourly raw states, the doses per step, and the doses on the states' "
+     "(stay, step) grid.")
     raw, doses = raw_states(c), action_doses(c)
     return raw, doses, raw[['stay_id', 'step']].merge(doses, how='left')
 
 def fitted_episodes(c: Cohort, # a cohort (of this site or another one)
                     scalers: Scalers, # fitted on a training split; applied here, never refitted
                     bins: ActionBins, # likewise: the action levels
-                    splits: dict | None = None, # split name -> stay ids; None: every stay in 'test' (another site)
+                    # split name -> stay ids; None: every stay in 'test' (another site)
+                    splits: dict | None = None,
                     parts: tuple | None = None, # `measured_parts(c)`, when already made
                    ) -> Episodes:
     "The episodes of cohort `c` with the given scalers, bins and splits: nothing is fitted on `c`."
-    if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
+    if len(c.stays) == 0:
+        raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
     stays = c.stays.copy()
     stays['gender'] = (stays.gender == 'F').astype(np.float32)
     if splits is None: splits = {'train': [], 'val': [], 'test': sorted(stays.stay_id.astype(int).tolist())}
@@ -250,31 +327,40 @@ def fitted_episodes(c: Cohort, # a cohort (of this site or another one)
     table = pd.concat([raw, scalers.transform(raw)], axis=1)
     for f, m in zip(FEATURES[:-1], MASKS): table[m] = raw[f].notna().astype(np.float32)
     table['ned_max'], table['fluid_ml'] = ep_doses.ned_max.to_numpy(), ep_doses.fluid_ml.to_numpy()
-    table['vaso_level'], table['fluid_level'] = bins.levels(table.ned_max.to_numpy(), table.fluid_ml.to_numpy())
+    table['vaso_level'], table['fluid_level'] = bins.levels(table.ned_max.to_numpy(),
+                                                            table.fluid_ml.to_numpy())
     table = table.merge(step_labels(c, table[['stay_id', 'step']], doses), on=['stay_id', 'step'], how='left')
     # environment SOFA and rewards, stay by stay on the padded grid
     st_idx = pd.Index(stays.stay_id)
     N, K = len(stays), MAX_STEPS
     r, k = st_idx.get_indexer(table.stay_id), table.step.to_numpy()
-    grid = np.full((N, K, 39), np.nan); grid[r, k] = table[FEATURES].to_numpy(float)
-    vent = np.zeros((N, K), bool); vent[r, k] = table.ventilated.to_numpy(bool)
-    lv = np.zeros((N, K)); lv[r, k] = table.vaso_level.to_numpy()
+    grid = np.full((N, K, 39), np.nan)
+    grid[r, k] = table[FEATURES].to_numpy(float)
+    vent = np.zeros((N, K), bool)
+    vent[r, k] = table.ventilated.to_numpy(bool)
+    lv = np.zeros((N, K))
+    lv[r, k] = table.vaso_level.to_numpy()
     comps = observed_sofa_components(grid, vent, lv)
     for name, arr in comps.items(): table[name] = arr[r, k]
-    rew = raghu_rewards(comps['sofa_total'], grid[..., FEATURES.index('lactate')], stays.n_steps.to_numpy(), stays.died_90d.to_numpy(bool))
+    rew = raghu_rewards(comps['sofa_total'], grid[..., FEATURES.index('lactate')], stays.n_steps.to_numpy(),
+                        stays.died_90d.to_numpy(bool))
     table['reward'] = rew[r, k]
     table['done'] = table.step == table.stay_id.map(stays.set_index('stay_id').n_steps) - 1
     stays['age_z'] = (stays.age - scalers.mean['age']) / scalers.sd['age']
-    stays['charlson_z'] = (stays.charlson_comorbidity_index - scalers.mean['charlson_comorbidity_index']) / scalers.sd['charlson_comorbidity_index']
-    st_cols = stays.set_index('stay_id')[['subject_id', 'age', 'gender', 'charlson_comorbidity_index', 'age_z', 'charlson_z', 'died_90d', 'died_in_hospital']]
+    stays['charlson_z'] = ((stays.charlson_comorbidity_index - scalers.mean['charlson_comorbidity_index'])
+                           / scalers.sd['charlson_comorbidity_index'])
+    st_cols = stays.set_index('stay_id')[['subject_id', 'age', 'gender', 'charlson_comorbidity_index',
+                                          'age_z', 'charlson_z', 'died_90d', 'died_in_hospital']]
     table = table.join(st_cols, on='stay_id')
-    keep = ['subject_id', 'hadm_id', 'stay_id', 'intime', 'outtime', 'age', 'gender', 'charlson_comorbidity_index', 'age_z', 'charlson_z',
+    keep = ['subject_id', 'hadm_id', 'stay_id', 'intime', 'outtime', 'age', 'gender',
+            'charlson_comorbidity_index', 'age_z', 'charlson_z',
             'weight', 'died_90d', 'died_in_hospital', 'n_steps', 'sepsis_onset', 'split']
     return Episodes(table=table, stays=stays[keep], scalers=scalers, bins=bins, splits=splits)
 
 def build_episodes(c: Cohort, seed: int) -> Episodes:
     "Episodes of the cohort `c`, with every fitted quantity fitted on the training split."
-    if len(c.stays) == 0: raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
+    if len(c.stays) == 0:
+        raise ValueError("The cohort is empty: no episodes to build (see its cohort-flow table)")
     parts = raw, doses, ep_doses = measured_parts(c)
     never = unmeasured_features(raw, c)
     if never:
@@ -291,15 +377,19 @@ def build_episodes(c: Cohort, seed: int) -> Episodes:
 # %% ../nbs/04_episodes.ipynb
 def save_episodes(e: Episodes, c: Cohort, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    e.table.to_parquet(out / 'episodes.parquet', index=False); e.stays.to_parquet(out / 'stays.parquet', index=False)
+    e.table.to_parquet(out / 'episodes.parquet', index=False)
+    e.stays.to_parquet(out / 'stays.parquet', index=False)
     arrays = {f'{s}_{k}': v for s in ('train', 'val', 'test') for k, v in e.tensors(s).items()}
     np.savez_compressed(out / 'tensors.npz', **arrays)
-    write_json(out / 'scalers.json', e.scalers.__dict__); write_json(out / 'action_bins.json', e.bins.__dict__)
-    write_json(out / 'splits.json', e.splits); c.flow.to_csv(out / 'cohort_flow.csv', index=False)
+    write_json(out / 'scalers.json', e.scalers.__dict__)
+    write_json(out / 'action_bins.json', e.bins.__dict__)
+    write_json(out / 'splits.json', e.splits)
+    c.flow.to_csv(out / 'cohort_flow.csv', index=False)
 
 def read_episodes(path: Path | str) -> Episodes:
     path = Path(path)
-    return Episodes(table=pd.read_parquet(path / 'episodes.parquet'), stays=pd.read_parquet(path / 'stays.parquet'),
+    return Episodes(table=pd.read_parquet(path / 'episodes.parquet'),
+                    stays=pd.read_parquet(path / 'stays.parquet'),
                     scalers=Scalers(**json.loads((path / 'scalers.json').read_text())),
                     bins=ActionBins(**json.loads((path / 'action_bins.json').read_text())),
                     splits=json.loads((path / 'splits.json').read_text()))
@@ -311,7 +401,8 @@ def load_or_build_episodes(profile: Profile | str | None = None, force: bool = F
     # what the cohort was built from, not when: a rebuild from the same files keeps the episodes
     inputs = dict(code=module_fingerprint('sepsisagent.episodes'),
                   cohort=upstream_key(processed_dir(profile) / 'cohort'), seed=profile.seed)
-    path = build_once(processed_dir(profile) / 'episodes', lambda tmp: save_episodes(build_episodes(c, profile.seed), c, tmp),
+    build = lambda tmp: save_episodes(build_episodes(c, profile.seed), c, tmp)
+    path = build_once(processed_dir(profile) / 'episodes', build,
                       provenance(profile, **inputs), force=force)
     return read_episodes(path)
 
@@ -328,11 +419,15 @@ def table_one(ep: Episodes) -> pd.DataFrame:
     rows = {}
     for g, ids in groups.items():
         s, f, steps = st.loc[ids], first.loc[first.index.intersection(ids)], t[t.stay_id.isin(ids)]
-        rows[g] = {'episodes': f"{len(s)}", 'steps': f"{len(steps)}", 'age, years': med(s.age), 'female, %': pct(s.gender),
+        rows[g] = {'episodes': f"{len(s)}", 'steps': f"{len(steps)}", 'age, years': med(s.age),
+                   'female, %': pct(s.gender),
                    'Charlson index': med(s.charlson_comorbidity_index), 'steps per episode': med(s.n_steps),
-                   'SOFA at admission (tables)': med(f.sofa24_total), 'lactate at admission, mmol/L': med(f.lactate),
-                   'ventilated at admission, %': pct(f.ventilated), 'in-hospital mortality, %': pct(s.died_in_hospital),
-                   '90-day mortality, %': pct(s.died_90d), 'steps with vasopressor, %': pct(steps.vaso_level > 0),
+                   'SOFA at admission (tables)': med(f.sofa24_total),
+                   'lactate at admission, mmol/L': med(f.lactate),
+                   'ventilated at admission, %': pct(f.ventilated),
+                   'in-hospital mortality, %': pct(s.died_in_hospital),
+                   '90-day mortality, %': pct(s.died_90d),
+                   'steps with vasopressor, %': pct(steps.vaso_level > 0),
                    'steps with IV fluid, %': pct(steps.fluid_level > 0),
                    'NE-equivalent when given, mcg/kg/min': med(steps.ned_max[steps.ned_max > 0]),
                    'IV fluid when given, mL/4 h': med(steps.fluid_ml[steps.fluid_ml > 0])}
@@ -340,14 +435,21 @@ def table_one(ep: Episodes) -> pd.DataFrame:
 
 def plot_actions(ep: Episodes, path: Path | str, title: str):
     "Heat maps of the clinicians' 5x5 action frequencies (vasopressor x IV fluid), one panel per split."
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt, seaborn as sns
     names = ['None', 'Low', 'Medium', 'High', 'Very High']
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
     for ax, split in zip(axes, ('train', 'val', 'test')):
         s = ep.table[ep.table.split == split]
-        m = pd.crosstab(s.vaso_level, s.fluid_level, normalize='all').reindex(index=range(5), columns=range(5), fill_value=0)
-        sns.heatmap(100 * m, annot=True, fmt='.1f', cmap='Blues', cbar=False, ax=ax, xticklabels=names, yticklabels=names)
-        ax.set_title(f'{split} (n = {len(s)} steps), % of steps'); ax.set_xlabel('IV fluid level'); ax.set_ylabel('vasopressor level')
-    fig.suptitle(title); fig.savefig(path, dpi=120); plt.close(fig)
+        m = pd.crosstab(s.vaso_level, s.fluid_level, normalize='all').reindex(index=range(5),
+                                                                              columns=range(5), fill_value=0)
+        sns.heatmap(100 * m, annot=True, fmt='.1f', cmap='Blues', cbar=False, ax=ax, xticklabels=names,
+                    yticklabels=names)
+        ax.set_title(f'{split} (n = {len(s)} steps), % of steps')
+        ax.set_xlabel('IV fluid level')
+        ax.set_ylabel('vasopressor level')
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path

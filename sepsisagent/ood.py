@@ -12,21 +12,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (upstream_key, Profile, get_profile, profile_knobs, processed_dir, results_dir, build_once, provenance,
+from .core import (upstream_key, Profile, get_profile, section_knobs, processed_dir, results_dir,
+                              build_once, provenance,
                               module_fingerprint, read_meta, derive_seed, source_label, digest)
 from .mimic import MimicSource, build_raw_data
 from .synthicu import FEATURES
 from .cohort import Cohort, build_cohort, REQUIRED_TABLES, MAX_STEPS
-from .episodes import Episodes, Scalers, fitted_episodes, save_episodes, read_episodes, load_or_build_episodes
+from .episodes import (Episodes, Scalers, fitted_episodes, save_episodes, read_episodes,
+                                  load_or_build_episodes)
 from .safety import prescriber_view, policy_safety
 from .env import SepsisEnv, make_env, run_episodes, clinician_policy
 from .agent_eval import evaluate_agent, eval_episodes, checkpoint_tag
 
 # %% auto 0
-__all__ = ['OOD_KNOBS', 'METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'site_fingerprint',
-           'load_or_build_site_b_episodes', 'site_summary', 'site_comparison', 'out_of_range', 'range_note',
-           'ood_knobs', 'site_episodes', 'clinician_row', 'run_tag', 'agent_row', 'curriculum_checkpoints',
-           'checkpoint_id', 'true_clinician_row', 'policy_table', 'fmt_numbers', 'ood_markdown']
+__all__ = ['METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'site_fingerprint', 'load_or_build_site_b_episodes',
+           'episode_site_summary', 'site_comparison', 'out_of_range', 'range_note', 'ood_knobs', 'site_episodes',
+           'clinician_row', 'run_tag', 'agent_row', 'curriculum_checkpoints', 'checkpoint_id', 'true_clinician_row',
+           'policy_table', 'fmt_numbers', 'ood_markdown']
 
 # %% ../nbs/51_ood.ipynb
 def check_site_dir(path: Path | str, # a folder that should hold hosp/ and icu/
@@ -36,8 +38,10 @@ def check_site_dir(path: Path | str, # a folder that should hold hosp/ and icu/
     path = Path(path)
     missing = [m + '/' for m in ('hosp', 'icu') if not (path / m).is_dir()]
     if missing:
-        raise FileNotFoundError(f"No {what} at {path}: " + ("the folder does not exist" if not path.is_dir() else f"it has no {' or '.join(missing)}")
-                                + ". SynthICU writes its second site there (load_or_build_synthicu(profile)); other data sources have none.")
+        raise FileNotFoundError(f"No {what} at {path}: " + ("the folder does not exist" if not path.is_dir()
+                                                            else f"it has no {' or '.join(missing)}")
+                                + ". SynthICU writes its second site there "
+                                  "(load_or_build_synthicu(profile)); other data sources have none.")
     return path
 
 def site_b_dir(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE
@@ -50,24 +54,28 @@ def site_cohort(path: Path | str, # a MIMIC-IV-format folder (hosp/, icu/)
     "The Sepsis-3 cohort of `path` by `cohort.build_cohort` (its errors name the file or the empty step)."
     path = check_site_dir(path, 'MIMIC-IV-format site')
     with MimicSource(path, tables=REQUIRED_TABLES) as src:
-        src.verify()                     # a damaged file is named before any work; an empty cohort raises in build_cohort
+        # a damaged file is named before any work; an empty cohort raises in build_cohort
+        src.verify()
         return build_cohort(src)
 
 def site_fingerprint(path: Path | str) -> dict:
     "The key of a site's source files (names, contents or sizes and times), as `03_cohort` keys site A's."
-    with MimicSource(check_site_dir(path, 'MIMIC-IV-format site'), tables=REQUIRED_TABLES) as src: return src.fingerprint()
+    with MimicSource(check_site_dir(path, 'MIMIC-IV-format site'), tables=REQUIRED_TABLES) as src:
+        return src.fingerprint()
 
 # %% ../nbs/51_ood.ipynb
-def load_or_build_site_b_episodes(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE
+def load_or_build_site_b_episodes(profile: Profile | str | None = None, # profile; None: $SEPSISAGENT_PROFILE
                                   force: bool = False, # rebuild even if cached
                                  ) -> Episodes:
-    "Site B's episodes with site A's scalers and bins, every stay in 'test' (cached in data/processed/<profile>/site_b_episodes)."
+    "Site B's episodes with site A's scalers and bins, every stay in 'test' (cached: site_b_episodes)."
     prof = get_profile(profile)
     ep_a = load_or_build_episodes(prof)
     path = site_b_dir(prof)
-    inputs = dict(code=module_fingerprint('sepsisagent.ood'), cohort_code=module_fingerprint('sepsisagent.cohort'),
+    inputs = dict(code=module_fingerprint('sepsisagent.ood'),
+                  cohort_code=module_fingerprint('sepsisagent.cohort'),
                   episodes_code=module_fingerprint('sepsisagent.episodes'), source=path.name,
-                  source_files=site_fingerprint(path), site_a_episodes=upstream_key(processed_dir(prof) / 'episodes'))
+                  source_files=site_fingerprint(path),
+                  site_a_episodes=upstream_key(processed_dir(prof) / 'episodes'))
     def build(tmp: Path):
         c = site_cohort(path)
         save_episodes(fitted_episodes(c, ep_a.scalers, ep_a.bins), c, tmp)
@@ -77,9 +85,9 @@ def load_or_build_site_b_episodes(profile: Profile | str | None = None, # profil
 # %% ../nbs/51_ood.ipynb
 def _pct(x) -> float: return float(100 * np.nanmean(np.asarray(x, float))) if len(x) else float('nan')
 
-def site_summary(ep: Episodes, # a site's episodes
-                 split: str | None = None, # the split described (None: all stays)
-                ) -> dict:
+def episode_site_summary(ep: Episodes, # a site's episodes
+                         split: str | None = None, # the split described (None: all stays)
+                        ) -> dict:
     "Case mix, outcomes and treatment of one site's `split`: metric -> value."
     st = ep.stays if split is None else ep.stays[ep.stays.split == split]
     t = ep.table[ep.table.stay_id.isin(st.stay_id)]
@@ -87,8 +95,10 @@ def site_summary(ep: Episodes, # a site's episodes
     out = {'stays': len(st), 'steps': len(t), 'age, years (mean)': float(st.age.mean()),
            'Charlson index (mean)': float(st.charlson_comorbidity_index.mean()), 'female, %': _pct(st.gender),
            '90-day mortality, %': _pct(st.died_90d), 'in-hospital mortality, %': _pct(st.died_in_hospital),
-           'SOFA at step 0 (mean)': float(first.sofa_total.mean()), 'lactate at step 0, mmol/L (mean, measured)': float(first.lactate.mean()),
-           'ventilated at step 0, %': _pct(first.ventilated), 'steps with vasopressor, %': _pct(t.vaso_level > 0),
+           'SOFA at step 0 (mean)': float(first.sofa_total.mean()),
+           'lactate at step 0, mmol/L (mean, measured)': float(first.lactate.mean()),
+           'ventilated at step 0, %': _pct(first.ventilated),
+           'steps with vasopressor, %': _pct(t.vaso_level > 0),
            'steps with IV fluid, %': _pct(t.fluid_level > 0)}
     for drug, col in (('vasopressor', 'vaso_level'), ('IV fluid', 'fluid_level')):
         for lv in range(5): out[f'{drug} level {lv}, % of steps'] = _pct(t[col] == lv)
@@ -99,7 +109,7 @@ def site_comparison(ep_a: Episodes, # site A's episodes
                     split_a: str = 'test', # site A's split compared
                    ) -> pd.DataFrame:
     "One row per metric: site A (`split_a`), site B (all), drop = B - A."
-    a, b = site_summary(ep_a, split_a), site_summary(ep_b)
+    a, b = episode_site_summary(ep_a, split_a), episode_site_summary(ep_b)
     return pd.DataFrame({f'site A ({split_a})': a, 'site B': b, 'drop (B - A)': {k: b[k] - a[k] for k in a}})
 
 # %% ../nbs/51_ood.ipynb
@@ -111,9 +121,11 @@ def out_of_range(ep: Episodes, # the episodes whose measured values are checked
     t = ep.table if split is None else ep.table[ep.table.split == split]
     rows = []
     for f in FEATURES:
-        x = t[f].to_numpy(float); x = x[~np.isnan(x)]
+        x = t[f].to_numpy(float)
+        x = x[~np.isnan(x)]
         lo, hi = int((x < scalers.low[f]).sum()), int((x > scalers.high[f]).sum())
-        rows.append(dict(feature=f, measured=len(x), below=lo, above=hi, outside_pct=100 * (lo + hi) / max(len(x), 1)))
+        rows.append(dict(feature=f, measured=len(x), below=lo, above=hi,
+                         outside_pct=100 * (lo + hi) / max(len(x), 1)))
     return pd.DataFrame(rows).set_index('feature')
 
 def range_note(oor_a: pd.DataFrame, # `out_of_range` of site A's test split
@@ -123,21 +135,18 @@ def range_note(oor_a: pd.DataFrame, # `out_of_range` of site A's test split
     "One sentence on the share of measured values outside site A's clip range at each site."
     pa, pb = (100 * (o.below.sum() + o.above.sum()) / max(o.measured.sum(), 1) for o in (oor_a, oor_b))
     worst = oor_b[oor_b.outside_pct > 0].sort_values('outside_pct', ascending=False).head(top)
-    named = ', '.join(f"{f} {r.outside_pct:.1f} % ({int(r.below)} below, {int(r.above)} above)" for f, r in worst.iterrows()) or 'none'
-    return (f"Measured values outside site A's clip range (training 0.1-99.9 percentiles, `Scalers.low/high`; clipped before any model "
-            f"sees them): site A test {pa:.2f} % of {int(oor_a.measured.sum())}, site B {pb:.2f} % of {int(oor_b.measured.sum())}. "
+    named = ', '.join(f"{f} {r.outside_pct:.1f} % ({int(r.below)} below, {int(r.above)} above)"
+                      for f, r in worst.iterrows()) or 'none'
+    return (f"Measured values outside site A's clip range (training 0.1-99.9 percentiles, "
+            f"`Scalers.low/high`; clipped before any model "
+            f"sees them): site A test {pa:.2f} % of {int(oor_a.measured.sum())}, site B {pb:.2f} % of "
+            f"{int(oor_b.measured.sum())}. "
             f"Most affected at site B: {named}.")
 
 # %% ../nbs/51_ood.ipynb
-OOD_KNOBS = {
-    'quick':   dict(n_episodes=4, batch=8, truth=True),
-    'default': dict(n_episodes=16, batch=16, truth=True),
-    'paper':   dict(n_episodes=None, batch=64, truth=True),
-}
-
 def ood_knobs(profile: Profile | str | None = None, **overrides) -> dict:
-    "The OOD knobs of `profile` (n_episodes None = all the smaller site's test episodes; truth: the clinicians' true survival too)."
-    return profile_knobs(OOD_KNOBS, profile, 'ood', **overrides)
+    "The profile's `ood` section (n_episodes None: all the smaller site's test episodes) with `overrides`."
+    return section_knobs(profile, 'ood', **overrides)
 
 def site_episodes(ep: Episodes, # a site's episodes
                   n: int | None, # episodes evaluated (None: all)
@@ -151,17 +160,20 @@ def site_episodes(ep: Episodes, # a site's episodes
 def clinician_row(env: SepsisEnv, # a site's test-split environment
                   idx: np.ndarray, # evaluated episodes (indices into its test split)
                  ) -> dict:
-    "World-model survival %, average return and adherence % of the clinicians' logged actions on episodes `idx`."
+    "World-model survival %, average return and adherence % of the clinicians' logged actions on `idx`."
     rets, died = [], []
     for b in range(0, len(idx), env.num_envs):
-        chunk = list(idx[b:b + env.num_envs]); n = len(chunk)
-        out = run_episodes(env, clinician_policy, np.asarray(chunk + [chunk[-1]] * (env.num_envs - n), np.int64))
-        rets += list(out['returns'][:n]); died += list(out['died'][:n])
+        chunk = list(idx[b:b + env.num_envs])
+        n = len(chunk)
+        out = run_episodes(env, clinician_policy,
+                           np.asarray(chunk + [chunk[-1]] * (env.num_envs - n), np.int64))
+        rets += list(out['returns'][:n])
+        died += list(out['died'][:n])
     ids = env.data.stay_id[idx]
     t = env.ep.table[env.ep.table.stay_id.isin(ids)]
     safety = policy_safety(prescriber_view(t), t[['vaso_level', 'fluid_level']].to_numpy())
-    return dict(n_episodes=len(idx), wm_survival_pct=100 * (1 - float(np.mean(died))), wm_avg_return=float(np.mean(rets)),
-                adherence_pct=safety['adherence_pct'], failed=0)
+    return dict(n_episodes=len(idx), wm_survival_pct=100 * (1 - float(np.mean(died))),
+                wm_avg_return=float(np.mean(rets)), adherence_pct=safety['adherence_pct'], failed=0)
 
 def run_tag(*parts) -> str:
     "A short hash of everything that decides a run's records, for file names."
@@ -178,19 +190,22 @@ def agent_row(name: str, # row id (file names)
               seed: int = 0, # backend sampling seed
              ) -> dict:
     "`agent_eval.evaluate_agent` in rollout mode only, with the keys of `clinician_row`."
-    r = evaluate_agent(name, backend, env, None, idx, None, prompt, dict(max_new_tokens=max_new_tokens), out_dir, tag, seed=seed,
-                       modes=('rollout',))
-    return dict(n_episodes=r['n_episodes'], wm_survival_pct=r['wm_survival_pct'], wm_avg_return=r['wm_avg_return'],
-                adherence_pct=r['rollout_adherence_pct'], failed=r['rollout_failed'], failures=r['failures'], eval_seconds=r['eval_seconds'])
+    r = evaluate_agent(name, backend, env, None, idx, None, prompt, dict(max_new_tokens=max_new_tokens),
+                       out_dir, tag, seed=seed, modes=('rollout',))
+    return dict(n_episodes=r['n_episodes'], wm_survival_pct=r['wm_survival_pct'],
+                wm_avg_return=r['wm_avg_return'],
+                adherence_pct=r['rollout_adherence_pct'], failed=r['rollout_failed'], failures=r['failures'],
+                eval_seconds=r['eval_seconds'])
 
 def curriculum_checkpoints(profile: Profile | str | None = None) -> dict:
-    "stage -> checkpoint directory for each of stage1..3 that exists on disk (a config and weights), else None; nothing is trained."
+    "stage -> checkpoint directory of stage1..3 if on disk (a config and weights), else None; trains nothing."
     models = results_dir(get_profile(profile), 'models')
-    ok = lambda p: (p / 'config.json').exists() and any(p.glob('*.safetensors')) or (p / 'pytorch_model.bin').exists()
+    ok = lambda p: ((p / 'config.json').exists() and any(p.glob('*.safetensors'))
+                    or (p / 'pytorch_model.bin').exists())
     return {s: (models / s if ok(models / s) else None) for s in ('stage1', 'stage2', 'stage3')}
 
 def checkpoint_id(path: Path) -> str:
-    "`checkpoint_tag` plus the weights' size and time: a checkpoint rebuilt without provenance still gets a new id."
+    "`checkpoint_tag` plus the weights' size and time: a rebuild without provenance still gets a new id."
     w = sorted(Path(path).glob('*.safetensors')) + sorted(Path(path).glob('pytorch_model.bin'))
     return checkpoint_tag(path) + ':' + ','.join(f"{p.stat().st_size}@{p.stat().st_mtime_ns}" for p in w)
 
@@ -210,26 +225,34 @@ def true_clinician_row(hospital, # `synthicu.SynthICU` of the site
     return dict(true_survival_pct=s['true_survival_pct'], true_return=s['true_return'])
 
 # %% ../nbs/51_ood.ipynb
-METRICS = {'wm_survival_pct': 'WM survival %', 'wm_avg_return': 'WM avg return', 'adherence_pct': 'adherence %',
-           'failed': 'failed episodes', 'true_survival_pct': 'true survival % (SynthICU)', 'true_return': 'true avg return (SynthICU)'}
+METRICS = {'wm_survival_pct': 'WM survival %', 'wm_avg_return': 'WM avg return',
+           'adherence_pct': 'adherence %',
+           'failed': 'failed episodes', 'true_survival_pct': 'true survival % (SynthICU)',
+           'true_return': 'true avg return (SynthICU)'}
 
-def policy_table(results: pd.DataFrame, # one row per policy and site (columns policy, label, site, METRICS keys)
-                 missing: dict | None = None, # label -> reason, for policies with no rows (e.g. a stage not trained)
+def policy_table(results: pd.DataFrame, # one row per policy and site (policy, label, site, METRICS keys)
+                 # label -> reason, for policies with no rows (e.g. a stage not trained)
+                 missing: dict | None = None,
                 ) -> pd.DataFrame:
     "One row per policy and metric: site A, site B, drop (B - A)."
     out = []
     for pol, g in results.groupby('policy', sort=False):
         by = g.set_index('site')
         for k, name in METRICS.items():
-            if k.startswith('true_') and (k not in by or by[k].isna().all()): continue   # truth: only where it was computed
-            a, b = (float(by.loc[s, k]) if s in by.index and pd.notna(by.loc[s, k]) else np.nan for s in ('A', 'B'))
-            out.append({'policy': g.label.iloc[0], 'metric': name, 'site A': a, 'site B': b, 'drop (B - A)': b - a})
+            if k.startswith('true_') and (k not in by or by[k].isna().all()):
+                continue   # truth: only where it was computed
+            a, b = (float(by.loc[s, k]) if s in by.index and pd.notna(by.loc[s, k]) else np.nan
+                    for s in ('A', 'B'))
+            out.append({'policy': g.label.iloc[0], 'metric': name, 'site A': a, 'site B': b,
+                        'drop (B - A)': b - a})
     for label, why in (missing or {}).items():
-        out.append({'policy': label, 'metric': why, 'site A': np.nan, 'site B': np.nan, 'drop (B - A)': np.nan})
+        out.append({'policy': label, 'metric': why, 'site A': np.nan, 'site B': np.nan,
+                    'drop (B - A)': np.nan})
     return pd.DataFrame(out)
 
 def fmt_numbers(df: pd.DataFrame, # numbers to show
-                counts: tuple = ('stays', 'steps', 'failed episodes'), # row labels (index or a 'metric' column) shown as integers
+                # row labels (index or a 'metric' column) shown as integers
+                counts: tuple = ('stays', 'steps', 'failed episodes'),
                ) -> pd.DataFrame:
     "`df` as text: 2 decimals, integers for count rows, 'n/a' for missing values."
     label = df['metric'] if 'metric' in df else pd.Series(df.index, index=df.index)
@@ -239,34 +262,42 @@ def fmt_numbers(df: pd.DataFrame, # numbers to show
         return f"{x:.0f}" if is_count else f"{x:.2f}"
     out = df.copy().astype(object)
     for c in df.columns:
-        if pd.api.types.is_numeric_dtype(df[c]): out[c] = [one(x, label.loc[i] in counts) for i, x in df[c].items()]
+        if pd.api.types.is_numeric_dtype(df[c]):
+            out[c] = [one(x, label.loc[i] in counts) for i, x in df[c].items()]
     return out
 
 def ood_markdown(prof: Profile, # the profile
                  sites: pd.DataFrame, # `site_comparison`
                  range_text: str, # `range_note`
                  table: pd.DataFrame, # `policy_table`
-                 info: dict, # n_eval, n_test_a, n_b, knobs, prompt, max_new_tokens, world model, checkpoints, flow
+                 # n_eval, n_test_a, n_b, knobs, prompt, max_new_tokens, world model, checkpoints, flow
+                 info: dict,
                 ) -> str:
     "The text of results/<profile>/tables/ood.md."
     fmt = lambda df, index=True: fmt_numbers(df).to_markdown(index=index)
     return (f"# Out-of-distribution: SynthICU's second site ({source_label(prof)}, profile `{prof.name}`)\n\n"
-            f"Out of distribution (OOD) here means SynthICU's site B: the same disease, data format and cohort definition, but another "
-            f"case mix (older, frailer patients, fewer fluid responders) and another practice (other vasopressors, later antibiotics). "
-            f"Every model was fitted on site A only -- cohort SQL, scalers, action bins, world model ({info['world_model']}), the clinicians' "
-            f"behaviour policy, the teacher, the curriculum checkpoints -- and site B's episodes are built with site A's scalers and "
-            f"bins, never refitted. Drop = site B minus site A. Built by `nbs/51_ood.ipynb`.\n\n"
-            f"## The two sites\n\nSite A's test split ({info['n_test_a']} episodes) against every site-B episode ({info['n_b']} of "
-            f"{info['n_b_stays']} site-B ICU stays pass the cohort criteria). SOFA: the environment's rule at the first decision; "
-            f"lactate: measured values at step 0; action levels: site A's bins on both sites.\n\n" + fmt(sites) + "\n\n" + range_text +
-            f"\n\n## Policies on both sites\n\n{info['n_eval']} episodes per site (a seeded subset of each site's test episodes, knob "
-            f"`n_episodes`), the same code and settings on both, both simulated by site A's world model (replay of the logged data "
-            f"until the policy departs from it). WM survival % and average (undiscounted) return: finished episodes in the world model; "
-            f"adherence %: guideline adherence of the prescriptions (`21_safety`); failed: episodes with no valid tool call "
-            f"{info['prompt']['max_invalid']} times in a row (excluded from the other columns). The clinicians replay their logged "
-            f"actions, so their WM survival is the logged 90-day survival; their true survival and return are re-simulated in SynthICU "
-            f"at each site ({info['replicas']} replica(s) per patient, common random numbers). Agents' true values need the language "
+            f"Out of distribution (OOD) here means SynthICU's site B: the same disease, data format and "
+            f"cohort definition, but another case mix (older, frailer patients, fewer fluid responders) and "
+            f"another practice (other vasopressors, later antibiotics). Every model was fitted on site A "
+            f"only -- cohort SQL, scalers, action bins, world model ({info['world_model']}), the clinicians' "
+            f"behaviour policy, the teacher, the curriculum checkpoints -- and site B's episodes are built "
+            f"with site A's scalers and bins, never refitted. Drop = site B minus site A. Built by "
+            f"`nbs/51_ood.ipynb`.\n\n## The two sites\n\nSite A's test split ({info['n_test_a']} episodes) "
+            f"against every site-B episode ({info['n_b']} of {info['n_b_stays']} site-B ICU stays pass the "
+            f"cohort criteria). SOFA: the environment's rule at the first decision; lactate: measured values "
+            f"at step 0; action levels: site A's bins on both sites.\n\n"
+            + fmt(sites) + "\n\n" + range_text +
+            f"\n\n## Policies on both sites\n\n{info['n_eval']} episodes per site (a seeded subset of each "
+            f"site's test episodes, knob `n_episodes`), the same code and settings on both, both simulated "
+            f"by site A's world model (replay of the logged data until the policy departs from it). WM "
+            f"survival % and average (undiscounted) return: finished episodes in the world model; adherence "
+            f"%: guideline adherence of the prescriptions (`21_safety`); failed: episodes with no valid tool "
+            f"call {info['prompt']['max_invalid']} times in a row (excluded from the other columns). The "
+            f"clinicians replay their logged actions, so their WM survival is the logged 90-day survival; "
+            f"their true survival and return are re-simulated in SynthICU at each site ({info['replicas']} "
+            f"replica(s) per patient, common random numbers). Agents' true values need the language "
             f"model inside the simulator and are not computed.\n\n" + fmt(table, index=False) + "\n\n"
             + (f"Failed episodes by kind: {info['failures']}.\n\n" if info.get('failures') else '') +
-            f"Knobs: {json.dumps(info['knobs'])}; prompts {json.dumps(info['prompt'])}, max_new_tokens {info['max_new_tokens']}. "
+            f"Knobs: {json.dumps(info['knobs'])}; prompts {json.dumps(info['prompt'])}, max_new_tokens "
+            f"{info['max_new_tokens']}. "
             f"Checkpoints: {json.dumps(info['checkpoints'])}.\n")

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 
 # %% auto 0
-__all__ = ['N_ACTIONS', 'GAMMA', 'ESTIMATORS', 'NEEDS_Q', 'one_hot', 'soften', 'step_mask', 'importance_weights', 'OPEData',
-           'prepare', 'ess', 'wis', 'wpdis', 'wpdis_running_only', 'dr', 'wdr', 'bootstrap_counts', 'evaluate_policy',
-           'ToyMDP', 'FQEModel', 'fit_fqe', 'episode_transitions', 'q_hat_for_episodes']
+__all__ = ['N_ACTIONS', 'GAMMA', 'SOFTEN_EPS', 'PI_B_FLOOR', 'ESTIMATORS', 'NEEDS_Q', 'one_hot', 'soften', 'step_mask',
+           'importance_weights', 'OPEData', 'prepare', 'ess', 'wis', 'wpdis', 'wpdis_running_only', 'dr', 'wdr',
+           'bootstrap_counts', 'evaluate_policy', 'ToyMDP', 'FQEModel', 'torch_threads', 'fit_fqe',
+           'episode_transitions', 'q_hat_for_episodes']
 
 # %% ../nbs/20_ope.ipynb
 N_ACTIONS = 25      # 5 vasopressor x 5 IV-fluid levels
 GAMMA = 0.99        # discount of the evaluated return (OPE convention)
+SOFTEN_EPS = 0.01   # probability mass a deterministic policy gives away when softened for OPE
+PI_B_FLOOR = SOFTEN_EPS / N_ACTIONS   # 0.0004, the smallest probability a softened policy gives
 
 def one_hot(actions,                    # [...] action indices 0..n_actions-1
             n_actions: int = N_ACTIONS, # size of the action set
@@ -24,11 +27,11 @@ def one_hot(actions,                    # [...] action indices 0..n_actions-1
     "The [..., n_actions] probability rows of the deterministic policy that takes `actions`."
     return np.eye(n_actions)[np.asarray(actions)]
 
-def soften(probs,             # [..., n_actions] action probabilities, e.g. one-hot rows of a deterministic policy
-           eps: float = 0.01, # probability mass moved away from `probs`
-           toward=None,       # [..., n_actions] distribution that receives it; None = uniform
+def soften(probs,                   # [..., n_actions] action probabilities, e.g. one-hot rows
+           eps: float = SOFTEN_EPS, # probability mass moved away from `probs`
+           toward=None,             # [..., n_actions] distribution that receives it; None = uniform
           ) -> np.ndarray:
-    "`(1 - eps) * probs + eps * toward`; with `toward=None` that is `(1 - eps) * probs + eps / n_actions` (eps/25 here)."
+    "`(1 - eps) * probs + eps * toward`; `toward=None` gives `(1 - eps) * probs + eps / n_actions`."
     p = np.asarray(probs, float)
     toward = np.full(p.shape[-1], 1 / p.shape[-1]) if toward is None else np.asarray(toward, float)
     return (1 - eps) * p + eps * toward
@@ -43,9 +46,10 @@ def step_mask(lengths, # [N] episode lengths
 def importance_weights(pi_b,    # [N, T] behaviour probability of each logged action
                        pi_e,    # [N, T] target probability of each logged action
                        lengths, # [N] episode lengths
-                       clip: float | None = None, # upper bound on every cumulative ratio (e.g. 1e3); None = none
+                       clip: float | None = None, # upper bound on every cumulative ratio (e.g. 1e3)
                       ) -> np.ndarray:
-    "[N, T] cumulative ratios w_t = prod_{k<=t} pi_e/pi_b; the ratio is 1 after an episode's end, so its weight stays frozen."
+    ("[N, T] cumulative ratios w_t = prod_{k<=t} pi_e/pi_b; the ratio is 1 after an episode's end, "
+     "so its weight stays frozen.")
     mask = step_mask(lengths, np.shape(pi_b)[1])
     rho = np.where(mask, np.asarray(pi_e, float) / np.where(mask, pi_b, 1.0), 1.0)
     w = np.cumprod(rho, axis=1)
@@ -73,74 +77,98 @@ def _checked(x, name: str, mask, lo=None, hi=None, ndim: int = 2) -> np.ndarray:
     "`x` as floats, finite (and within [lo, hi]) wherever `mask` says the step happened, 0 elsewhere."
     x = np.asarray(x, float)
     if x.ndim != ndim or x.shape[:2] != mask.shape:
-        raise ValueError(f"{name} must have shape {mask.shape}{' + (n_actions,)' if ndim == 3 else ''}, got {x.shape}")
+        raise ValueError(f"{name} must have shape {mask.shape}{' + (n_actions,)' if ndim == 3 else ''}, "
+                         f"got {x.shape}")
     m = np.broadcast_to(mask if ndim == 2 else mask[..., None], x.shape)
-    if (~np.isfinite(x) & m).any(): raise ValueError(f"{name} has {int((~np.isfinite(x) & m).sum())} NaN/inf values within the episodes")
-    if lo is not None and (x[m] < lo).any(): raise ValueError(f"{name} has values below {lo} (min {x[m].min():.6g})")
-    if hi is not None and (x[m] > hi).any(): raise ValueError(f"{name} has values above {hi} (max {x[m].max():.6g})")
+    if (~np.isfinite(x) & m).any():
+        raise ValueError(f"{name} has {int((~np.isfinite(x) & m).sum())} NaN/inf values within the episodes")
+    if lo is not None and (x[m] < lo).any():
+        raise ValueError(f"{name} has values below {lo} (min {x[m].min():.6g})")
+    if hi is not None and (x[m] > hi).any():
+        raise ValueError(f"{name} has values above {hi} (max {x[m].max():.6g})")
     return np.where(m, x, 0.0)
 
 # %% ../nbs/20_ope.ipynb
-def prepare(rewards,           # [N, T] rewards of the logged episodes (padding ignored)
-            lengths,           # [N] episode lengths, 1..T
-            pi_b,              # [N, T] behaviour-policy probability of each logged action
-            pi_e=None,         # [N, T] target-policy probability of each logged action; None: read from pi_e_all
-            q_hat=None,        # [N, T, A] fitted Q of the target policy at each logged state, every action (DR)
-            pi_e_all=None,     # [N, T, A] target-policy probabilities of every action (DR)
-            actions=None,      # [N, T] logged action indices 0..A-1 (DR)
-            gamma: float = GAMMA,       # discount of the evaluated return
-            clip: float | None = None,  # upper bound on cumulative importance ratios; None = none
-            pi_b_floor: float = 0.01 / N_ACTIONS, # behaviour probability used where the logged action had probability 0
-            atol: float = 1e-5,         # tolerance on probability rows summing to 1 and on pi_e vs pi_e_all
-           ) -> OPEData:
-    "Check the inputs (a `ValueError` names the argument at fault) and compute weights, returns and, for DR, Q and V_hat."
-    rewards = np.asarray(rewards, float)
-    if rewards.ndim != 2: raise ValueError(f"rewards must be [N episodes, T steps], got shape {rewards.shape}")
-    N, T = rewards.shape
-    if N == 0 or T == 0: raise ValueError(f"rewards holds no episodes or no steps (shape {rewards.shape})")
+def _checked_lengths(lengths, # [N] episode lengths
+                     N: int,  # number of episodes
+                     T: int,  # padded number of steps
+                    ) -> np.ndarray:
+    "`lengths` as ints, checked to be N whole numbers in 1..T."
     lengths = np.asarray(lengths)
     if lengths.shape != (N,): raise ValueError(f"lengths must have shape ({N},), got {lengths.shape}")
     if not (np.isfinite(lengths.astype(float)).all() and (lengths == np.round(lengths)).all()):
         raise ValueError("lengths must be whole numbers")
     if lengths.min() < 1 or lengths.max() > T:
-        raise ValueError(f"lengths must lie in 1..{T} (the padded length), got {lengths.min()}..{lengths.max()}")
+        raise ValueError(f"lengths must lie in 1..{T} (the padded length), "
+                         f"got {lengths.min()}..{lengths.max()}")
+    return lengths.astype(int)
+
+def _dr_inputs(q_hat, pi_e_all, actions, # the DR arguments of `prepare`
+               pi_e,        # [N, T] target probability of each logged action, or None: read from pi_e_all
+               mask,        # [N, T] step t of episode i happened
+               atol: float, # tolerance on probability rows and on pi_e vs pi_e_all
+              ) -> tuple:
+    "Checked DR inputs: `pi_e` (read from, or checked against, `pi_e_all`), Q_hat(s_t, a_t) and V_hat(s_t)."
+    N, T = mask.shape
+    pi_e_all = _checked(pi_e_all, 'pi_e_all', mask, lo=0, hi=1, ndim=3)
+    sums = pi_e_all.sum(-1)[mask]
+    if (np.abs(sums - 1) > atol).any():
+        raise ValueError(f"pi_e_all rows must sum to 1: {int((np.abs(sums - 1) > atol).sum())} steps do not "
+                         f"(worst sum {sums[np.argmax(np.abs(sums - 1))]:.6g})")
+    A = pi_e_all.shape[-1]
+    a = np.asarray(actions)
+    if a.shape != (N, T): raise ValueError(f"actions must have shape {(N, T)}, got {a.shape}")
+    a = np.where(mask, a, 0)
+    if not ((a == np.round(a)).all() and a.min() >= 0 and a.max() < A):
+        raise ValueError(f"actions must be whole numbers in 0..{A - 1} within the episodes")
+    a = a.astype(int)
+    q = _checked(q_hat, 'q_hat', mask, ndim=3)
+    if q.shape != pi_e_all.shape:
+        raise ValueError(f"q_hat must have the shape of pi_e_all {pi_e_all.shape}, got {q.shape}")
+    taken = np.take_along_axis(pi_e_all, a[..., None], -1)[..., 0]
+    if pi_e is None: pi_e = taken
+    elif (np.abs(np.asarray(pi_e, float) - taken) > atol)[mask].any():
+        raise ValueError("pi_e disagrees with pi_e_all at the logged actions")
+    q_logged = np.take_along_axis(q, a[..., None], -1)[..., 0]
+    return pi_e, q_logged, (pi_e_all * q).sum(-1)
+
+def prepare(rewards,           # [N, T] rewards of the logged episodes (padding ignored)
+            lengths,           # [N] episode lengths, 1..T
+            pi_b,              # [N, T] behaviour-policy probability of each logged action
+            pi_e=None,         # [N, T] target-policy probability of each logged action; None: from pi_e_all
+            q_hat=None,        # [N, T, A] fitted Q of the target policy at each logged state and action (DR)
+            pi_e_all=None,     # [N, T, A] target-policy probabilities of every action (DR)
+            actions=None,      # [N, T] logged action indices 0..A-1 (DR)
+            gamma: float = GAMMA,       # discount of the evaluated return
+            clip: float | None = None,  # upper bound on cumulative importance ratios; None = none
+            pi_b_floor: float = PI_B_FLOOR, # behaviour probability of a logged action that had probability 0
+            atol: float = 1e-5,         # tolerance on probability rows summing to 1 and on pi_e vs pi_e_all
+           ) -> OPEData:
+    ("Check the inputs (a `ValueError` names the argument at fault) and compute weights, returns "
+     "and, for DR, Q and V_hat.")
+    rewards = np.asarray(rewards, float)
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must be [N episodes, T steps], got shape {rewards.shape}")
+    N, T = rewards.shape
+    if N == 0 or T == 0: raise ValueError(f"rewards holds no episodes or no steps (shape {rewards.shape})")
+    lengths = _checked_lengths(lengths, N, T)
     if not 0 < gamma <= 1: raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
     if clip is not None and not clip > 0: raise ValueError(f"clip must be positive or None, got {clip}")
-    lengths = lengths.astype(int)
     mask = step_mask(lengths, T)
     rewards = _checked(rewards, 'rewards', mask)
     given = {'q_hat': q_hat is not None, 'pi_e_all': pi_e_all is not None, 'actions': actions is not None}
     if any(given.values()) and not all(given.values()):
-        raise ValueError(f"DR needs q_hat, pi_e_all and actions together; missing {[k for k, v in given.items() if not v]}")
+        raise ValueError("DR needs q_hat, pi_e_all and actions together; "
+                         f"missing {[k for k, v in given.items() if not v]}")
     q_logged = v_hat = None
-    if all(given.values()):
-        pi_e_all = _checked(pi_e_all, 'pi_e_all', mask, lo=0, hi=1, ndim=3)
-        sums = pi_e_all.sum(-1)[mask]
-        if (np.abs(sums - 1) > atol).any():
-            raise ValueError(f"pi_e_all rows must sum to 1: {int((np.abs(sums - 1) > atol).sum())} steps do not "
-                             f"(worst sum {sums[np.argmax(np.abs(sums - 1))]:.6g})")
-        A = pi_e_all.shape[-1]
-        a = np.asarray(actions)
-        if a.shape != (N, T): raise ValueError(f"actions must have shape {(N, T)}, got {a.shape}")
-        a = np.where(mask, a, 0)
-        if not ((a == np.round(a)).all() and a.min() >= 0 and a.max() < A):
-            raise ValueError(f"actions must be whole numbers in 0..{A - 1} within the episodes")
-        a = a.astype(int)
-        q = _checked(q_hat, 'q_hat', mask, ndim=3)
-        if q.shape != pi_e_all.shape: raise ValueError(f"q_hat must have the shape of pi_e_all {pi_e_all.shape}, got {q.shape}")
-        taken = np.take_along_axis(pi_e_all, a[..., None], -1)[..., 0]
-        if pi_e is None: pi_e = taken
-        elif (np.abs(np.asarray(pi_e, float) - taken) > atol)[mask].any():
-            raise ValueError("pi_e disagrees with pi_e_all at the logged actions")
-        q_logged = np.take_along_axis(q, a[..., None], -1)[..., 0]
-        v_hat = (pi_e_all * q).sum(-1)
+    if all(given.values()): pi_e, q_logged, v_hat = _dr_inputs(q_hat, pi_e_all, actions, pi_e, mask, atol)
     if pi_e is None: raise ValueError("pi_e is needed (or pi_e_all with actions)")
     pi_e = _checked(pi_e, 'pi_e', mask, lo=0, hi=1)
     pi_b = _checked(pi_b, 'pi_b', mask, lo=0, hi=1)
     zero = (pi_b == 0) & mask
     if zero.any():
-        warnings.warn(f"{int(zero.sum())} logged actions have behaviour probability 0; using {pi_b_floor:g} for them "
-                      "(the eps-softened floor). Soften the behaviour model.")
+        warnings.warn(f"{int(zero.sum())} logged actions have behaviour probability 0; "
+                      f"using {pi_b_floor:g} for them (the eps-softened floor). Soften the behaviour model.")
         pi_b = np.where(zero, pi_b_floor, pi_b)
     disc = gamma ** np.arange(T)
     return OPEData(mask=mask, rewards=rewards, disc=disc, w=importance_weights(pi_b, pi_e, lengths, clip),
@@ -165,13 +193,16 @@ def _wpdis_running_only(d: OPEData, c):
     return np.where(running > 0, _ratio(c @ (d.w * d.rewards), running), 0.0) @ d.disc
 
 def _dr(d: OPEData, c):
-    per_episode = (d.w * (d.rewards - d.q_logged) + d.w_prev * d.v_hat) @ d.disc   # all three arrays are 0 after the end
+    # all three arrays are 0 after the end
+    per_episode = (d.w * (d.rewards - d.q_logged) + d.w_prev * d.v_hat) @ d.disc
     return (c @ per_episode) / c.sum(-1)
 
 def _wdr(d: OPEData, c):
-    return (_ratio(c @ (d.w * (d.rewards - d.q_logged)), c @ d.w) + _ratio(c @ (d.w_prev * d.v_hat), c @ d.w_prev)) @ d.disc
+    return (_ratio(c @ (d.w * (d.rewards - d.q_logged)), c @ d.w)
+            + _ratio(c @ (d.w_prev * d.v_hat), c @ d.w_prev)) @ d.disc
 
-ESTIMATORS = dict(naive=_naive, wis=_wis, ess=_ess, wpdis=_wpdis, wpdis_running_only=_wpdis_running_only, dr=_dr, wdr=_wdr)
+ESTIMATORS = dict(naive=_naive, wis=_wis, ess=_ess, wpdis=_wpdis, wpdis_running_only=_wpdis_running_only,
+                  dr=_dr, wdr=_wdr)
 NEEDS_Q = ('dr', 'wdr')
 
 # %% ../nbs/20_ope.ipynb
@@ -192,12 +223,12 @@ def wis(rewards, lengths, pi_b, pi_e, # [N, T], [N], [N, T], [N, T] (see `prepar
 
 def wpdis(rewards, lengths, pi_b, pi_e, # [N, T], [N], [N, T], [N, T] (see `prepare`)
           gamma: float = GAMMA, clip: float | None = None) -> float:
-    "Per-decision weighted importance sampling, absorbing convention (ended episodes stay in every denominator)."
+    "Per-decision WIS, absorbing convention (ended episodes stay in every denominator)."
     return _estimate('wpdis', rewards, lengths, pi_b, pi_e, gamma=gamma, clip=clip)
 
 def wpdis_running_only(rewards, lengths, pi_b, pi_e, # [N, T], [N], [N, T], [N, T] (see `prepare`)
                        gamma: float = GAMMA, clip: float | None = None) -> float:
-    "PAPER-COMPARISON VARIANT, biased: per-decision WIS whose denominators count only the episodes still running."
+    "PAPER-COMPARISON VARIANT, biased: per-decision WIS whose denominators count only running episodes."
     return _estimate('wpdis_running_only', rewards, lengths, pi_b, pi_e, gamma=gamma, clip=clip)
 
 def dr(rewards, lengths, pi_b, q_hat, pi_e_all, actions, # see `prepare`
@@ -224,7 +255,8 @@ def bootstrap_counts(n: int,          # number of episodes
         n_patients = int(patient.max()) + 1
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        drawn = rng.integers(0, n_patients, (b, n_patients)) + n_patients * np.arange(b)[:, None]   # row-offset ids
+        # patient ids offset by row, so that one bincount counts every resample
+        drawn = rng.integers(0, n_patients, (b, n_patients)) + n_patients * np.arange(b)[:, None]
         per_patient = np.bincount(drawn.ravel(), minlength=b * n_patients).reshape(b, n_patients)
         yield per_patient[:, patient].astype(float)
 
@@ -241,10 +273,11 @@ def evaluate_policy(rewards,         # [N, T] rewards of the logged episodes
                     seed: int = 0,              # seed of the resampling
                     clip: float | None = None,  # upper bound on cumulative importance ratios
                     groups=None,                # [N] patient of each episode, for the patient-level bootstrap
-                    pi_b_floor: float = 0.01 / N_ACTIONS, # behaviour probability used where the logged action had probability 0
-                    return_replicates: bool = False, # also return every estimator's bootstrap replicates (key 'replicates')
+                    pi_b_floor: float = PI_B_FLOOR, # pi_b used where a logged action had probability 0
+                    return_replicates: bool = False, # also return every estimator's replicates ('replicates')
                    ) -> dict:
-    "Every estimator of the target policy's value with its 95 % patient-level bootstrap interval, ESS and input counts."
+    ("Every estimator of the target policy's value with its 95 % patient-level bootstrap interval, "
+     "ESS and input counts.")
     d = prepare(rewards, lengths, pi_b, pi_e, q_hat, pi_e_all, actions, gamma, clip, pi_b_floor)
     run = {k: f for k, f in ESTIMATORS.items() if d.q_logged is not None or k not in NEEDS_Q}
     point = {k: float(f(d, np.ones(len(d.w)))) for k, f in run.items()}
@@ -259,11 +292,17 @@ def evaluate_policy(rewards,         # [N, T] rewards of the logged episodes
                 warnings.simplefilter('ignore', RuntimeWarning)      # all-NaN replicates: the interval is NaN
                 lo, hi = np.nanpercentile(np.concatenate(replicates[k]), [2.5, 97.5])
         out |= {k: point.get(k, np.nan), f'{k}_lo': float(lo), f'{k}_hi': float(hi)}
-    out |= dict(n_episodes=len(d.w), n_steps=int(d.mask.sum()), n_zero_pi_b=d.n_zero_pi_b, gamma=gamma, clip=clip, n_boot=n_boot, seed=seed)
-    if return_replicates: out['replicates'] = {k: np.concatenate(v) if v else np.array([]) for k, v in replicates.items()}
+    out |= dict(n_episodes=len(d.w), n_steps=int(d.mask.sum()), n_zero_pi_b=d.n_zero_pi_b, gamma=gamma,
+                clip=clip, n_boot=n_boot, seed=seed)
+    if return_replicates:
+        out['replicates'] = {k: np.concatenate(v) if v else np.array([]) for k, v in replicates.items()}
     return out
 
 # %% ../nbs/20_ope.ipynb
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
 @dataclass
 class ToyMDP:
     "A small episodic MDP with exactly known values: per-step rewards, random endings, terminal reward +-15."
@@ -283,7 +322,8 @@ class ToyMDP:
         S, A = n_states, n_actions
         P, r = rng.dirichlet(np.full(S, 0.5), (S, A)), rng.normal(0, 0.3, (S, A))
         p_end, p_surv, d0 = rng.uniform(0.02, 0.25, (S, A)), rng.beta(2, 2, (S, A)), rng.dirichlet(np.ones(S))
-        if deterministic: P, p_end, p_surv = np.eye(S)[P.argmax(-1)], (p_end > 0.15).astype(float), p_surv.round()
+        if deterministic:
+            P, p_end, p_surv = np.eye(S)[P.argmax(-1)], (p_end > 0.15).astype(float), p_surv.round()
         return cls(P, r, p_end, p_surv, d0, T, gamma)
 
     def q_values(self, pi, # [S, A] a stationary policy
@@ -304,19 +344,31 @@ class ToyMDP:
                  n: int, seed: int) -> dict:
         "`n` episodes of `pi`: states, actions, rewards [n, T] (0 after the end) and lengths [n]."
         rng = np.random.default_rng(seed)
-        draw = lambda p: np.minimum((p.cumsum(-1) < rng.random((len(p), 1))).sum(-1), p.shape[-1] - 1)   # inverse CDF per row
-        states, actions, rewards = np.zeros((n, self.T), int), np.zeros((n, self.T), int), np.zeros((n, self.T))
+        # inverse CDF per row
+        draw = lambda p: np.minimum((p.cumsum(-1) < rng.random((len(p), 1))).sum(-1), p.shape[-1] - 1)
+        states, actions = np.zeros((n, self.T), int), np.zeros((n, self.T), int)
+        rewards = np.zeros((n, self.T))
         lengths, alive = np.full(n, self.T), np.ones(n, bool)
         s = draw(np.broadcast_to(self.d0, (n, len(self.d0))))
         for t in range(self.T):
             a = draw(pi[s])
             end = (rng.random(n) < self.p_end[s, a]) | (t == self.T - 1)
             rew = np.where(end, np.where(rng.random(n) < self.p_surv[s, a], 15.0, -15.0), self.r[s, a])
-            states[:, t], actions[:, t], rewards[:, t] = np.where(alive, s, 0), np.where(alive, a, 0), np.where(alive, rew, 0.0)
+            states[:, t], actions[:, t] = np.where(alive, s, 0), np.where(alive, a, 0)
+            rewards[:, t] = np.where(alive, rew, 0.0)
             lengths = np.where(alive & end, t + 1, lengths)
             alive &= ~end
             s = draw(self.P[s, a])
         return dict(states=states, actions=actions, rewards=rewards, lengths=lengths)
+
+    def policies(self, seed: int = 1, # seed of the behaviour policy's random logits
+                 tilt: float = 5,     # the target adds (Q_b - V_b) / tilt to them: smaller tilts are greedier
+                ) -> tuple[np.ndarray, np.ndarray]:
+        "A random softmax behaviour policy [S, A] and a target policy tilted toward its better actions."
+        logits = np.random.default_rng(seed).normal(0, 1, self.r.shape)
+        pi_b = _softmax(logits)
+        q_b = self.q_values(pi_b)[0]
+        return pi_b, _softmax(logits + (q_b - (pi_b * q_b).sum(-1, keepdims=True)) / tilt)
 
     def ope_inputs(self, data: dict, # episodes from `simulate`
                    pi_b, pi_e,       # [S, A] behaviour and target policies
@@ -340,12 +392,13 @@ from torch import nn
 class FQEModel:
     "A fitted Q of the target policy: `q(s)` -> [M, n_actions] in the units of the rewards."
     backend: str         # 'torch' or 'd3rlpy'
-    net: object          # torch: the Q network; d3rlpy: the fitted `DiscreteFQE` (both see standardised features)
+    net: object          # torch: the Q network; d3rlpy: the fitted `DiscreteFQE` (standardised input)
     mean: np.ndarray     # [d] feature means used to standardise
     sd: np.ndarray       # [d] feature standard deviations (1 where a feature is constant)
     r_scale: float       # rewards were divided by this for fitting; Q is multiplied back
     n_actions: int       # number of actions
-    history: list = field(default_factory=list)  # mean training loss (scaled units) per iteration (torch) or epoch (d3rlpy)
+    # mean training loss (scaled units) per iteration (torch) or epoch (d3rlpy)
+    history: list = field(default_factory=list)
 
     def features(self, s) -> np.ndarray:
         "Standardised float32 features."
@@ -358,17 +411,21 @@ class FQEModel:
         if self.backend == 'd3rlpy':
             out = np.stack([self.net.predict_value(x, np.full(len(x), k)) for k in range(self.n_actions)], -1)
         else:
-            with torch.no_grad(): out = torch.cat([self.net(b) for b in torch.from_numpy(x).split(65536)]).numpy()
+            with torch.no_grad():
+                out = torch.cat([self.net(b) for b in torch.from_numpy(x).split(65536)]).numpy()
         return out.astype(float) * self.r_scale
 
 def _fqe_arrays(s, a, r, s_next, done, pi_e_next):
-    "Checked transitions (a `ValueError` names the argument at fault); s_next and pi_e_next are zeroed where done."
+    "Checked transitions (a `ValueError` names the argument at fault); s_next, pi_e_next zeroed where done."
     s, r, done = np.asarray(s, float), np.asarray(r, float), np.asarray(done)
-    if s.ndim != 2 or len(s) == 0: raise ValueError(f"s must be [M transitions, d features] with M > 0, got shape {s.shape}")
+    if s.ndim != 2 or len(s) == 0:
+        raise ValueError(f"s must be [M transitions, d features] with M > 0, got shape {s.shape}")
     M = len(s)
     pi, s_next = np.asarray(pi_e_next, float), np.asarray(s_next, float)
-    if pi.ndim != 2 or len(pi) != M: raise ValueError(f"pi_e_next must be [{M}, n_actions], got shape {pi.shape}")
-    if s_next.shape != s.shape: raise ValueError(f"s_next must have the shape of s {s.shape}, got {s_next.shape}")
+    if pi.ndim != 2 or len(pi) != M:
+        raise ValueError(f"pi_e_next must be [{M}, n_actions], got shape {pi.shape}")
+    if s_next.shape != s.shape:
+        raise ValueError(f"s_next must have the shape of s {s.shape}, got {s_next.shape}")
     for name, x in [('r', r), ('done', done)]:
         if x.shape != (M,): raise ValueError(f"{name} must have shape ({M},), got {x.shape}")
     if not np.isin(done, [0, 1]).all(): raise ValueError("done must be boolean")
@@ -385,7 +442,8 @@ def _fqe_arrays(s, a, r, s_next, done, pi_e_next):
     return s, a.astype(int), r, np.where(live[:, None], s_next, 0.0), ~live, np.where(live[:, None], pi, 0.0)
 
 @contextlib.contextmanager
-def _torch_threads(n: int | None):
+def torch_threads(n: int | None, # intra-op threads while inside; None or 0: leave torch's setting
+                 ):
     "Run torch with n intra-op threads (None: unchanged), restoring the setting afterwards."
     old = torch.get_num_threads()
     if n: torch.set_num_threads(n)
@@ -394,11 +452,13 @@ def _torch_threads(n: int | None):
 
 # %% ../nbs/20_ope.ipynb
 def _mlp(d: int, hidden: int, n_actions: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_actions))
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, n_actions))
 
 def _fit_torch(x, a, r, x_next, done, pi_next, gamma, hidden, iterations, epochs, batch_size, lr, seed):
-    "Our FQE loop: per iteration, fixed targets from the network as it stood, then `epochs` passes of regression."
-    X, Xn, A, R = torch.from_numpy(x), torch.from_numpy(x_next), torch.from_numpy(a)[:, None], torch.from_numpy(r)
+    "Our FQE loop: per iteration, fixed targets from the network as it stood, then `epochs` passes."
+    X, Xn = torch.from_numpy(x), torch.from_numpy(x_next)
+    A, R = torch.from_numpy(a)[:, None], torch.from_numpy(r)
     P, live = torch.tensor(pi_next, dtype=torch.float32), torch.tensor(~done, dtype=torch.float32)
     torch.manual_seed(seed)
     net, gen = _mlp(X.shape[1], hidden, P.shape[1]), torch.Generator().manual_seed(seed)
@@ -407,41 +467,51 @@ def _fit_torch(x, a, r, x_next, done, pi_next, gamma, hidden, iterations, epochs
         with torch.no_grad(): y = R + gamma * live * (P * net(Xn)).sum(-1)          # the frozen Q_{k-1}
         for _ in range(epochs):
             losses = []
-            for idx in torch.randperm(len(X), generator=gen).tensor_split(n_batches):   # equal sizes, no tiny remainder
+            # equal-sized batches, no tiny remainder
+            for idx in torch.randperm(len(X), generator=gen).tensor_split(n_batches):
                 loss = ((net(X[idx]).gather(1, A[idx])[:, 0] - y[idx]) ** 2).mean()
-                opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
         history.append(float(np.mean(losses)))
     return net.eval(), history
 
 class _GreedyTarget:
-    "What d3rlpy's FQE asks of an algo, `impl.predict_best_action(next_obs)`: here a look-up of the target's action."
+    "What d3rlpy's FQE asks of an algo, `impl.predict_best_action(next_obs)`, as a look-up."
     def __init__(self, x_next, a_next):
         self.table, self.impl = {}, self
         for row, act in zip(x_next, a_next):
             if self.table.setdefault(row.tobytes(), act) != act:
-                raise ValueError("backend='d3rlpy': the target's action differs between transitions with identical next-state "
-                                 "features; d3rlpy needs a target that is a function of the features")
-    def predict_best_action(self, x):   # terminal transitions have all-zero next rows: any action, their Q is unused
-        return torch.tensor([self.table.get(row.tobytes(), 0) for row in x.detach().cpu().numpy()], dtype=torch.long)
+                raise ValueError("backend='d3rlpy': the target's action differs between transitions with "
+                                 "identical next-state features; d3rlpy needs a target that is a function of "
+                                 "the features")
+    def predict_best_action(self, x):   # terminal transitions have all-zero next rows: any action, Q unused
+        rows = x.detach().cpu().numpy()
+        return torch.tensor([self.table.get(row.tobytes(), 0) for row in rows], dtype=torch.long)
 
 def _fit_d3rlpy(x, a, r, x_next, done, pi_next, gamma, hidden, iterations, epochs, batch_size, lr, seed):
     "The same fit with d3rlpy's `DiscreteFQE`, for a deterministic target (the argmax of `pi_next`)."
     with contextlib.redirect_stderr(io.StringIO()): import d3rlpy        # silences gym's deprecation banner
     from d3rlpy.constants import ActionSpace
     M, d, n_actions, live = len(x), x.shape[1], pi_next.shape[1], ~done
-    # one d3rlpy episode per transition: [s, s_next] cut by a timeout (not terminal), or [s] ending in a terminal
+    # one d3rlpy episode per transition: [s, s_next] cut by a timeout (not terminal), or [s] ending terminal
     pos = np.arange(M) + np.concatenate([[0], np.cumsum(live)[:-1]])
     obs, acts = np.zeros((M + live.sum(), d), np.float32), np.zeros(M + live.sum(), int)
     rew, term, tout = (np.zeros(M + live.sum(), np.float32) for _ in range(3))
     obs[pos], acts[pos], rew[pos], term[pos[done]] = x, a, r, 1
     obs[pos[live] + 1], tout[pos[live] + 1] = x_next[live], 1
-    steps = epochs * -(-M // batch_size)                             # gradient steps per iteration = target-update interval
+    steps = epochs * -(-M // batch_size)          # gradient steps per iteration = target-update interval
     with contextlib.redirect_stdout(io.StringIO()):                  # d3rlpy logs every epoch to stdout
-        data = d3rlpy.dataset.MDPDataset(obs, acts, rew, term, tout, action_space=ActionSpace.DISCRETE, action_size=n_actions)
+        data = d3rlpy.dataset.MDPDataset(obs, acts, rew, term, tout, action_space=ActionSpace.DISCRETE,
+                                         action_size=n_actions)
         d3rlpy.seed(seed)
-        fqe = d3rlpy.ope.DiscreteFQE(algo=_GreedyTarget(x_next[live], pi_next[live].argmax(-1)), config=d3rlpy.ope.FQEConfig(
-            learning_rate=lr, batch_size=batch_size, gamma=gamma, target_update_interval=steps,
-            encoder_factory=d3rlpy.models.VectorEncoderFactory([hidden, hidden])), device=False)
+        fqe = d3rlpy.ope.DiscreteFQE(
+            algo=_GreedyTarget(x_next[live], pi_next[live].argmax(-1)),
+            config=d3rlpy.ope.FQEConfig(learning_rate=lr, batch_size=batch_size, gamma=gamma,
+                                        target_update_interval=steps,
+                                        encoder_factory=d3rlpy.models.VectorEncoderFactory([hidden, hidden])),
+            device=False)
         log = fqe.fit(data, n_steps=iterations * steps, n_steps_per_epoch=steps,
                       logger_adapter=d3rlpy.logging.NoopAdapterFactory(), show_progress=False)
     return fqe, [float(m['loss']) for _, m in log]
@@ -455,35 +525,43 @@ def fit_fqe(s,          # [M, d] features of the state of each transition
             pi_e_next,  # [M, n_actions] target-policy probabilities at s_next (ignored where done)
             *,
             gamma: float = GAMMA,          # discount
-            backend: str = 'torch',        # 'torch' (our loop, any target) or 'd3rlpy' (DiscreteFQE, deterministic targets)
+            backend: str = 'torch',        # 'torch' (our loop, any target) or 'd3rlpy' (deterministic only)
             hidden: int = 128,             # units of each of the two hidden layers
-            iterations: int = 40,          # FQE iterations; at least the horizon (20 steps) so values reach the start
-            epochs_per_iteration: int = 1, # passes over the data per iteration (the network is warm-started) ...
-            min_steps: int = 50,           # ... or more, until each iteration has taken this many gradient steps
+            iterations: int = 40,          # FQE iterations; at least the horizon (20 steps)
+            epochs_per_iteration: int = 1, # passes over the data per iteration (warm-started network) ...
+            min_steps: int = 50,           # ... or more, until an iteration takes this many gradient steps
             batch_size: int = 512,         # transitions per gradient step
             lr: float = 1e-3,              # Adam learning rate
             seed: int = 0,                 # seed of the initialisation and the mini-batches
             threads: int | None = 1,       # torch threads during the fit (None: leave torch's setting)
-            greedy_tol: float = 0.05,      # backend='d3rlpy': each pi_e_next row must put >= 1 - greedy_tol on one action
+            greedy_tol: float = 0.05,      # d3rlpy: every pi_e_next row puts >= 1 - greedy_tol on one action
            ) -> FQEModel:
     "Fitted Q evaluation of the target policy whose probabilities at the next states are `pi_e_next`."
     s, a, r, s_next, done, pi = _fqe_arrays(s, a, r, s_next, done, pi_e_next)
-    if backend not in ('torch', 'd3rlpy'): raise ValueError(f"backend must be 'torch' or 'd3rlpy', got {backend!r}")
+    if backend not in ('torch', 'd3rlpy'):
+        raise ValueError(f"backend must be 'torch' or 'd3rlpy', got {backend!r}")
     if backend == 'd3rlpy' and (soft := int((pi[~done].max(-1) < 1 - greedy_tol).sum())):
-        raise ValueError(f"backend='d3rlpy' evaluates deterministic targets only (d3rlpy's FQE bootstraps from one action per "
-                         f"next state); {soft} pi_e_next rows put less than {1 - greedy_tol:g} on their most likely action. "
+        raise ValueError(f"backend='d3rlpy' evaluates deterministic targets only (d3rlpy's FQE bootstraps "
+                         f"from one action per next state); {soft} pi_e_next rows put less than "
+                         f"{1 - greedy_tol:g} on their most likely action. "
                          "Use backend='torch' for stochastic targets.")
     sd = s.std(0)
-    r_scale = max(1.0, float(np.abs(r).max())) * (4 if backend == 'd3rlpy' else 1)   # 4: keep d3rlpy's Huber loss quadratic
-    model = FQEModel(backend, None, s.mean(0).astype(np.float32), np.where(sd > 0, sd, 1).astype(np.float32), r_scale, pi.shape[1])
+    # 4: keeps d3rlpy's Huber loss quadratic
+    r_scale = max(1.0, float(np.abs(r).max())) * (4 if backend == 'd3rlpy' else 1)
+    model = FQEModel(backend, None, s.mean(0).astype(np.float32), np.where(sd > 0, sd, 1).astype(np.float32),
+                     r_scale, pi.shape[1])
     epochs = max(epochs_per_iteration, -(-min_steps // -(-len(s) // batch_size)))
     x_next = model.features(s_next) * ~done[:, None]                  # all-zero rows where the episode ended
     fit = _fit_torch if backend == 'torch' else _fit_d3rlpy
-    np_state, py_state = np.random.get_state(), random.getstate()    # d3rlpy.seed reseeds numpy's and Python's generators
-    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
-        try: model.net, model.history = fit(model.features(s), a, (r / r_scale).astype(np.float32), x_next, done, pi,
-                                            gamma, hidden, iterations, epochs, batch_size, lr, seed)
-        finally: np.random.set_state(np_state); random.setstate(py_state)
+    # d3rlpy.seed reseeds numpy's and Python's generators: restore them afterwards
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        try:
+            model.net, model.history = fit(model.features(s), a, (r / r_scale).astype(np.float32), x_next,
+                                           done, pi, gamma, hidden, iterations, epochs, batch_size, lr, seed)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
     return model
 
 # %% ../nbs/20_ope.ipynb
@@ -498,14 +576,15 @@ def episode_transitions(S,         # [N, T, d] state features of the logged epis
     mask = step_mask(lengths, S.shape[1])
     after = lambda x: np.concatenate([x[:, 1:], np.zeros_like(x[:, :1])], 1)    # the value at step t + 1
     done = np.arange(S.shape[1]) == lengths[:, None] - 1
-    return dict(s=S[mask], a=np.asarray(actions)[mask], r=np.asarray(rewards, float)[mask], s_next=after(S)[mask],
+    return dict(s=S[mask], a=np.asarray(actions)[mask], r=np.asarray(rewards, float)[mask],
+                s_next=after(S)[mask],
                 done=done[mask], pi_e_next=after(pi_e_all)[mask])
 
 def q_hat_for_episodes(model: FQEModel, # a fitted FQE
-                       S,               # [N, T, d] state features of the logged episodes (padding ignored, NaN allowed)
+                       S,               # [N, T, d] features of the logged states (padding ignored, even NaN)
                        lengths,         # [N] episode lengths
                       ) -> np.ndarray:
-    "[N, T, n_actions] Q_hat at every logged state, zero after each episode's end: the `q_hat` of `evaluate_policy`."
+    "[N, T, n_actions] Q_hat at every logged state, 0 after each episode's end: `evaluate_policy`'s `q_hat`."
     S = np.asarray(S, float)
     mask = step_mask(lengths, S.shape[1])
     out = np.zeros(mask.shape + (model.n_actions,))

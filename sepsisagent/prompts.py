@@ -15,11 +15,12 @@ from .synthicu import FEATURES
 
 # %% auto 0
 __all__ = ['FEATURE_INFO', 'PROMPT_VITALS', 'PROMPT_LABS', 'SIM_VITALS', 'SIM_LABS', 'URINE', 'LEVEL_NAMES', 'STYLES',
-           'COMPACT_LAST_K', 'COMPACT_DECIMALS', 'TOOLS', 'SYSTEM_LINE', 'CALL_TO_ACTION', 'CAUTION',
-           'QWEN_PRETOKENIZE', 'check_style', 'fmt_value', 'label', 'tool_block', 'system_prompt_text', 'PatientInfo',
-           'patient_info', 'check_history', 'check_bins', 'history_sections', 'treatment_history', 'user_prompt_text',
-           'render_conversation_start', 'check_candidates', 'simulation_result_text', 'render_simulation_result',
-           'prescription_response_text', 'render_prescription_response', 'conversation_text', 'token_estimate']
+           'COMPACT_LAST_K', 'MAP_IDX', 'LACTATE_IDX', 'COMPACT_DECIMALS', 'TOOLS', 'SYSTEM_LINE', 'CALL_TO_ACTION',
+           'CAUTION', 'QWEN2_SPLIT', 'QWEN_PRETOKENIZE', 'check_style', 'fmt_value', 'label', 'tool_block',
+           'system_prompt_text', 'PatientInfo', 'patient_info', 'check_history', 'check_bins', 'history_sections',
+           'treatment_history', 'user_prompt_text', 'render_conversation_start', 'check_candidates',
+           'simulation_result_text', 'render_simulation_result', 'prescription_response_text',
+           'render_prescription_response', 'conversation_text', 'token_estimate']
 
 # %% ../nbs/30_prompts.ipynb
 # name: (paper label, compact label, unit)
@@ -28,16 +29,20 @@ FEATURE_INFO = {
     'diabp': ('Diastolic BP', 'DBP', 'mmHg'), 'meanbp': ('Mean Arterial Pressure', 'MAP', 'mmHg'),
     'resp_rate': ('Respiratory Rate', 'RR', '/min'), 'spo2': ('SpO2', 'SpO2', '%'),
     'temp_c': ('Temperature', 'Temp', '°C'), 'fio2': ('FiO2', 'FiO2', '%'),
-    'gcs_eye': ('GCS Eye', 'GCS-E', ''), 'gcs_verbal': ('GCS Verbal', 'GCS-V', ''), 'gcs_motor': ('GCS Motor', 'GCS-M', ''),
+    'gcs_eye': ('GCS Eye', 'GCS-E', ''), 'gcs_verbal': ('GCS Verbal', 'GCS-V', ''),
+    'gcs_motor': ('GCS Motor', 'GCS-M', ''),
     'albumin': ('Albumin', 'Alb', 'g/dL'), 'alt': ('ALT', 'ALT', 'IU/L'), 'ast': ('AST', 'AST', 'IU/L'),
     'base_excess': ('Base Excess', 'BE', 'mEq/L'), 'bicarbonate': ('Bicarbonate', 'HCO3', 'mEq/L'),
     'bilirubin_total': ('Total Bilirubin', 'Bili', 'mg/dL'), 'bun': ('BUN', 'BUN', 'mg/dL'),
     'calcium_free': ('Ionized Calcium', 'iCa', 'mmol/L'), 'calcium_total': ('Total Calcium', 'Ca', 'mg/dL'),
     'chloride': ('Chloride', 'Cl', 'mEq/L'), 'creatinine': ('Creatinine', 'Cr', 'mg/dL'),
     'glucose': ('Glucose', 'Glu', 'mg/dL'), 'hemoglobin': ('Hemoglobin', 'Hb', 'g/dL'),
-    'hematocrit': ('Hematocrit', 'Hct', '%'), 'inr': ('INR', 'INR', ''), 'lactate': ('Lactate', 'Lac', 'mmol/L'),
-    'magnesium': ('Magnesium', 'Mg', 'mg/dL'), 'paco2': ('PaCO2', 'PaCO2', 'mmHg'), 'pao2': ('PaO2', 'PaO2', 'mmHg'),
-    'ph': ('pH', 'pH', ''), 'platelet': ('Platelets', 'Plt', 'K/uL'), 'potassium': ('Potassium', 'K', 'mEq/L'),
+    'hematocrit': ('Hematocrit', 'Hct', '%'), 'inr': ('INR', 'INR', ''),
+    'lactate': ('Lactate', 'Lac', 'mmol/L'),
+    'magnesium': ('Magnesium', 'Mg', 'mg/dL'), 'paco2': ('PaCO2', 'PaCO2', 'mmHg'),
+    'pao2': ('PaO2', 'PaO2', 'mmHg'),
+    'ph': ('pH', 'pH', ''), 'platelet': ('Platelets', 'Plt', 'K/uL'),
+    'potassium': ('Potassium', 'K', 'mEq/L'),
     'pt': ('PT', 'PT', 's'), 'ptt': ('PTT', 'PTT', 's'), 'sodium': ('Sodium', 'Na', 'mEq/L'),
     'total_co2': ('Total CO2', 'TCO2', 'mEq/L'), 'wbc': ('WBC', 'WBC', 'K/uL'),
     'output_4hourly': ('Urine Output', 'Urine', 'mL/4h'),
@@ -53,6 +58,8 @@ LEVEL_NAMES = ['None', 'Low', 'Medium', 'High', 'Very High']
 STYLES = ('paper', 'compact')
 COMPACT_LAST_K = 3
 assert len(PROMPT_VITALS) == 8 and len(PROMPT_LABS) == 26 and len(SIM_VITALS) == 7
+# columns of the two values the protocols (and the agents that cite them) read: MAP and lactate
+MAP_IDX, LACTATE_IDX = FEATURES.index('meanbp'), FEATURES.index('lactate')
 
 # %% ../nbs/30_prompts.ipynb
 COMPACT_DECIMALS = {'ph': 2, 'calcium_free': 2}
@@ -80,22 +87,27 @@ def label(feature: str, style: str = 'paper') -> str:
 TOOLS = [
     {"type": "function", "function": {
         "name": "simulation",
-        "description": "Predict the patient's state after 4 hours under each candidate treatment (at most 3) with the clinical world model.",
+        "description": "Predict the patient's state after 4 hours under each candidate treatment (at most 3) "
+                       "with the clinical world model.",
         "parameters": {"type": "object", "properties": {"actions": {
             "type": "array", "maxItems": 3, "items": {"type": "string"},
-            "description": "Candidate treatments as \"[v,f]\": vasopressor level v and IV fluid level f, each 0-4, e.g. [\"[0,1]\", \"[1,2]\"]."}},
+            "description": "Candidate treatments as \"[v,f]\": vasopressor level v and IV fluid level f, "
+                           "each 0-4, e.g. [\"[0,1]\", \"[1,2]\"]."}},
             "required": ["actions"]}}},
     {"type": "function", "function": {
         "name": "prescription",
         "description": "Prescribe the treatment for the next 4 hours; the patient then advances 4 hours.",
         "parameters": {"type": "object", "properties": {
-            "vasopressor": {"type": "integer", "minimum": 0, "maximum": 4, "description": "Vasopressor level 0-4 (None, Low, Medium, High, Very High)."},
-            "iv_fluid": {"type": "integer", "minimum": 0, "maximum": 4, "description": "IV fluid level 0-4 (None, Low, Medium, High, Very High)."}},
+            "vasopressor": {"type": "integer", "minimum": 0, "maximum": 4,
+                            "description": "Vasopressor level 0-4 (None, Low, Medium, High, Very High)."},
+            "iv_fluid": {"type": "integer", "minimum": 0, "maximum": 4,
+                         "description": "IV fluid level 0-4 (None, Low, Medium, High, Very High)."}},
             "required": ["vasopressor", "iv_fluid"]}}},
 ]
 
 # %% ../nbs/30_prompts.ipynb
-SYSTEM_LINE = {'paper': "You are SepsisAgent, an expert ICU physician AI assistant specialized in the management of sepsis.",
+SYSTEM_LINE = {'paper': "You are SepsisAgent, an expert ICU physician AI assistant specialized in the "
+                        "management of sepsis.",
                'compact': "You are SepsisAgent, an expert ICU physician AI for sepsis."}
 
 def tool_block(tools: list = TOOLS) -> str:
@@ -104,7 +116,8 @@ def tool_block(tools: list = TOOLS) -> str:
     return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
             "You are provided with function signatures within <tools></tools> XML tags:\n"
             f"<tools>\n{lines}\n</tools>\n\n"
-            "For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+            "For each function call, return a json object with function name and arguments within "
+            "<tool_call></tool_call> XML tags:\n"
             "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
 
 def system_prompt_text(style: str = 'paper') -> str:
@@ -119,7 +132,8 @@ class PatientInfo:
     gender: str    # 'F' or 'M'
     charlson: int  # Charlson comorbidity index
     def __post_init__(self):
-        if self.gender not in ('F', 'M'): raise ValueError(f"PatientInfo.gender must be 'F' or 'M', got {self.gender!r}")
+        if self.gender not in ('F', 'M'):
+            raise ValueError(f"PatientInfo.gender must be 'F' or 'M', got {self.gender!r}")
 
 def patient_info(ep, # Episodes (04_episodes)
                  stay_id: int, # the ICU stay
@@ -128,9 +142,10 @@ def patient_info(ep, # Episodes (04_episodes)
     st = ep.stays.set_index('stay_id')
     if stay_id not in st.index: raise KeyError(f"stay_id {stay_id} is not in the episode data")
     r = st.loc[stay_id]
-    return PatientInfo(age=float(r.age), gender='F' if r.gender == 1.0 else 'M', charlson=int(r.charlson_comorbidity_index))
+    return PatientInfo(age=float(r.age), gender='F' if r.gender == 1.0 else 'M',
+                       charlson=int(r.charlson_comorbidity_index))
 
-def check_history(history: dict, # as `StateBatch.history(i)`: step, raw [t+1, 39], masks [t+1, 38], actions [t, 2]
+def check_history(history: dict, # `StateBatch.history(i)`: step, raw [t+1,39], masks [t+1,38], actions [t,2]
                   name: str = 'history', # argument name for error messages
                  ) -> tuple:
     "(step, raw, masks, actions) of a checked history."
@@ -138,11 +153,14 @@ def check_history(history: dict, # as `StateBatch.history(i)`: step, raw [t+1, 3
     if missing: raise ValueError(f"`{name}` lacks keys {sorted(missing)}")
     t = int(history['step'])
     raw, masks, actions = (np.asarray(history[k], np.float64) for k in ('raw', 'masks', 'actions'))
-    for k, a, shape in (('raw', raw, (t + 1, 39)), ('masks', masks, (t + 1, 38)), ('actions', actions, (t, 2))):
-        if a.shape != shape: raise ValueError(f"`{name}['{k}']` must have shape {shape} at step {t}, got {a.shape}")
+    for k, a, shape in (('raw', raw, (t + 1, 39)), ('masks', masks, (t + 1, 38)),
+                        ('actions', actions, (t, 2))):
+        if a.shape != shape:
+            raise ValueError(f"`{name}['{k}']` must have shape {shape} at step {t}, got {a.shape}")
     if not np.isfinite(raw).all():
         bad = np.argwhere(~np.isfinite(raw))[0]
-        raise ValueError(f"`{name}['raw']` has {int((~np.isfinite(raw)).sum())} NaN/inf values (first: step {bad[0]}, {FEATURES[bad[1]]}); impute before rendering")
+        raise ValueError(f"`{name}['raw']` has {int((~np.isfinite(raw)).sum())} NaN/inf values (first: step "
+                         f"{bad[0]}, {FEATURES[bad[1]]}); impute before rendering")
     if actions.size and (actions.min() < 0 or actions.max() > 4 or (actions != actions.round()).any()):
         raise ValueError(f"`{name}['actions']` must hold integer levels 0..4")
     return t, raw, masks.astype(bool), actions.astype(int)
@@ -161,24 +179,27 @@ def _levels(a, style: str) -> str:
     return f"[{v},{f}] (vasopressor {LEVEL_NAMES[v]}, IV fluid {LEVEL_NAMES[f]})"
 
 def _window(t: int, style: str, last_k: int | None) -> int:
-    "First step shown: 0 in the paper style (full history) unless `last_k` is given; t - last_k + 1 in the compact style."
+    "First step shown, t - last_k + 1; `last_k` None: COMPACT_LAST_K (compact style), all steps (paper)."
     if last_k is None: last_k = COMPACT_LAST_K if style == 'compact' else t + 1
     if int(last_k) < 1: raise ValueError(f"`last_k` must be >= 1, got {last_k}")
     return max(0, t - int(last_k) + 1)
 
-def history_sections(raw: np.ndarray, masks: np.ndarray, t: int, style: str, last_k: int | None = None) -> str:
+def history_sections(raw: np.ndarray, masks: np.ndarray, t: int, style: str,
+                     last_k: int | None = None) -> str:
     "Hour header, then vital, lab and urine history of steps window..t."
     s0, c = _window(t, style, last_k), style == 'compact'
     hours = f"Hours {4 * s0}-{4 * t}" if s0 < t else f"Hour {4 * t}"
     sep = ' ' if c else ', '
     def line(f):
         j = FEATURES.index(f)
-        vals = sep.join(fmt_value(raw[k, j], f, style, j == 38 or bool(masks[k, j])) for k in range(s0, t + 1))
+        vals = sep.join(fmt_value(raw[k, j], f, style, j == 38 or bool(masks[k, j]))
+                        for k in range(s0, t + 1))
         return f"{label(f, style)}: {vals}" if c else f"- {label(f, style)}: {vals}"
     note = (f"({hours}, oldest first; * = not measured, carried forward)" if c else
             f"Values from {hours} Since ICU Admission, one per 4-hour window, oldest first.")
-    out = [f"# Hour {4 * t} Since ICU Admission", note, "", "## Vital Signs History", *map(line, PROMPT_VITALS),
-           "", "## Laboratory Values History", *map(line, PROMPT_LABS), "", "## Urine Output History", line(URINE)]
+    out = [f"# Hour {4 * t} Since ICU Admission", note, "", "## Vital Signs History",
+           *map(line, PROMPT_VITALS), "", "## Laboratory Values History", *map(line, PROMPT_LABS), "",
+           "## Urine Output History", line(URINE)]
     return "\n".join(out)
 
 def treatment_history(actions: np.ndarray, style: str, last_k: int | None = None) -> str:
@@ -186,12 +207,15 @@ def treatment_history(actions: np.ndarray, style: str, last_k: int | None = None
     t = len(actions)
     s0 = _window(t, style, last_k) if style == 'compact' else 0
     rows = [f"Hour {4 * k}: {_levels(actions[k], style)}" for k in range(s0, t)]
-    return "\n".join(["## Treatment History", *(rows if style == 'compact' else [f"- {r}" for r in rows]), ""]) if t else ""
+    if not t: return ""
+    rows = rows if style == 'compact' else [f"- {r}" for r in rows]
+    return "\n".join(["## Treatment History", *rows, ""])
 
 # %% ../nbs/30_prompts.ipynb
 CALL_TO_ACTION = {
-    'paper': ("Please analyze the patient's current condition and trends. You may use the simulation tool to compare "
-              "candidate treatments, then call the prescription tool with your treatment for the next 4 hours."),
+    'paper': ("Please analyze the patient's current condition and trends. You may use the "
+              "simulation tool to compare candidate treatments, then call the prescription tool with your "
+              "treatment for the next 4 hours."),
     'compact': "Analyze, optionally simulate candidates, then call prescription for the next 4 h."}
 
 def _treatment_levels(bins, style: str) -> str:
@@ -200,32 +224,43 @@ def _treatment_levels(bins, style: str) -> str:
         return ("## Treatment Levels\n0 None, 1 Low, 2 Medium, 3 High, 4 Very High; median dose per level:\n"
                 f"Vasopressor (NE-eq mcg/kg/min): {' / '.join(f'{x:.2f}' for x in v)}\n"
                 f"IV fluid (mL/4h): {' / '.join(f'{x:.0f}' for x in f)}")
-    lv = lambda d, p, u: ", ".join(f"{i} = {n} ({'none' if i == 0 else f'~{x:.{p}f} {u}'})" for i, (n, x) in enumerate(zip(LEVEL_NAMES, d)))
-    return ("## Treatment Levels\nEach drug has 5 levels; the dose in brackets is the median dose of that level in the training data.\n"
-            f"- Vasopressor (norepinephrine-equivalent, maximum rate in the window): {lv(v, 2, 'mcg/kg/min')}\n"
+    lv = lambda d, p, u: ", ".join(f"{i} = {n} ({'none' if i == 0 else f'~{x:.{p}f} {u}'})"
+                                   for i, (n, x) in enumerate(zip(LEVEL_NAMES, d)))
+    return ("## Treatment Levels\nEach drug has 5 levels; the dose in brackets is the median dose of that "
+            "level in the training data.\n"
+            f"- Vasopressor (norepinephrine-equivalent, maximum rate in the window): "
+            f"{lv(v, 2, 'mcg/kg/min')}\n"
             f"- IV fluid (total volume over the 4-hour window): {lv(f, 0, 'mL per 4 h')}")
 
 def _patient(info: PatientInfo, style: str) -> str:
     g = {'F': 'Female', 'M': 'Male'}[info.gender]
     if style == 'compact': return f"## Patient Information\nAge {info.age:.0f}, {g}, Charlson {info.charlson}"
-    return f"## Patient Information\n- Age: {info.age:.0f} years\n- Gender: {g}\n- Charlson Comorbidity Index: {info.charlson}"
+    return (f"## Patient Information\n- Age: {info.age:.0f} years\n- Gender: {g}\n"
+            f"- Charlson Comorbidity Index: {info.charlson}")
 
 _NOTES = {
-    'paper': ("## Important Notes\n- The patient is monitored every 4 hours; each history below lists one value per 4-hour window.\n"
+    'paper': ("## Important Notes\n- The patient is monitored every 4 hours; each history below lists one "
+              "value per 4-hour window.\n"
               "- Each prescription acts over the next 4 hours, after which you see the patient's new state.\n"
               "- Treatment starts at ICU admission (Hour 0)."),
-    'compact': "## Important Notes\nMonitoring every 4 h; a prescription acts over the next 4 h; treatment starts at Hour 0."}
+    'compact': "## Important Notes\nMonitoring every 4 h; a prescription acts over the next 4 h; "
+               "treatment starts at Hour 0."}
 
 _TOOLS_TEXT = {
-    'paper': ("## Available Tools\n- simulation: predicts the patient's state after 4 hours for up to 3 candidate treatments, "
-              "given as \"[v,f]\" (vasopressor level, IV fluid level). You may simulate several times before deciding.\n"
-              "- prescription: commits your treatment (vasopressor level, IV fluid level) for the next 4 hours."),
-    'compact': "## Available Tools\nsimulation: predicted state after 4 h for up to 3 \"[v,f]\" candidates.\nprescription: commit (vasopressor, iv_fluid) for the next 4 h."}
+    'paper': ("## Available Tools\n- simulation: predicts the patient's state after 4 hours for up to 3 "
+              "candidate treatments, given as \"[v,f]\" (vasopressor level, IV fluid level). You may "
+              "simulate several times before deciding.\n"
+              "- prescription: commits your treatment (vasopressor level, IV fluid level) "
+              "for the next 4 hours."),
+    'compact': "## Available Tools\nsimulation: predicted state after 4 h for up to 3 \"[v,f]\" "
+               "candidates.\nprescription: commit (vasopressor, iv_fluid) for the next 4 h."}
 
 _RULES = {
     'paper': ("## Clinical Protocols (Strict Adherence Required)\n"
-              "1. Emergency priority: correct life-threatening hypotension and hypoperfusion before anything else.\n"
-              "2. If the patient shows hypoperfusion (lactate > 2 mmol/L or MAP < 65 mmHg), give at least Low IV fluid within the first 3 hours.\n"
+              "1. Emergency priority: correct life-threatening hypotension and hypoperfusion "
+              "before anything else.\n"
+              "2. If the patient shows hypoperfusion (lactate > 2 mmol/L or MAP < 65 mmHg), give at least "
+              "Low IV fluid within the first 3 hours.\n"
               "3. Consider vasopressors if MAP remains < 65 mmHg after adequate fluid resuscitation.\n"
               "4. On vasopressors, target a MAP of 65 mmHg.\n"
               "5. Septic shock is defined as vasopressor > 0 AND MAP < 65 mmHg AND lactate > 2 mmol/L."),
@@ -236,41 +271,45 @@ _RULES = {
                 "4. On vasopressors, target MAP 65.\n"
                 "5. Septic shock = vasopressor > 0 AND MAP < 65 AND lactate > 2.")}
 
-_ROLE = {'paper': "You are an expert ICU physician AI assistant specializing in sepsis management. Decide the vasopressor and IV fluid treatment of the patient below.",
+_ROLE = {'paper': "You are an expert ICU physician AI assistant specializing in sepsis management. Decide "
+                  "the vasopressor and IV fluid treatment of the patient below.",
          'compact': "You are an expert ICU physician AI for sepsis. Treat the patient below."}
 
 def user_prompt_text(info: PatientInfo, # age, gender, Charlson of the patient
                      history: dict, # as `StateBatch.history(i)`
                      bins, # action bins with `vaso_median`, `fluid_median` (Episodes.bins)
                      style: str = 'paper', # 'paper' or 'compact'
-                     last_k: int | None = None, # steps of history shown; None = all (paper) / COMPACT_LAST_K (compact)
+                     last_k: int | None = None, # steps shown; None: all (paper), COMPACT_LAST_K (compact)
                     ) -> str:
     "The initial user message."
     check_style(style)
     t, raw, masks, actions = check_history(history)
-    parts = [_ROLE[style], _patient(info, style), _NOTES[style], _treatment_levels(bins, style), _TOOLS_TEXT[style], _RULES[style],
-             history_sections(raw, masks, t, style, last_k)]
+    parts = [_ROLE[style], _patient(info, style), _NOTES[style], _treatment_levels(bins, style),
+             _TOOLS_TEXT[style], _RULES[style], history_sections(raw, masks, t, style, last_k)]
     if t: parts.append(treatment_history(actions, style, last_k).rstrip())
     return "\n\n".join(parts + [CALL_TO_ACTION[style]])
 
-def render_conversation_start(info: PatientInfo, history: dict, bins, style: str = 'paper', last_k: int | None = None) -> list[dict]:
+def render_conversation_start(info: PatientInfo, history: dict, bins, style: str = 'paper',
+                              last_k: int | None = None) -> list[dict]:
     "OpenAI-format messages [system, user] that open an episode."
     return [dict(role='system', content=system_prompt_text(style)),
             dict(role='user', content=user_prompt_text(info, history, bins, style, last_k))]
 
 # %% ../nbs/30_prompts.ipynb
 CAUTION = {
-    'paper': ("Caution: these are model predictions, not observations. Be skeptical if the simulation shows improvement "
-              "with no treatment ([0,0]), or perfect outcomes with very high doses. When a simulation conflicts with the "
-              "Clinical Protocols, follow the protocols."),
-    'compact': "Caution: predictions, not observations. Distrust improvement under [0,0] and perfect high-dose outcomes; protocols win over simulations."}
+    'paper': ("Caution: these are model predictions, not observations. Be skeptical if the "
+              "simulation shows improvement with no treatment ([0,0]), or perfect outcomes with very high "
+              "doses. When a simulation conflicts with the Clinical Protocols, follow the protocols."),
+    'compact': "Caution: predictions, not observations. Distrust improvement under [0,0] and perfect "
+               "high-dose outcomes; protocols win over simulations."}
 
 def check_candidates(candidates) -> np.ndarray:
     "[K, 2] integer levels of 1..3 candidates."
     c = np.asarray(candidates)
     if c.ndim != 2 or c.shape[1] != 2 or not 1 <= len(c) <= 3:
         raise ValueError(f"`candidates` must be 1 to 3 (vasopressor, iv_fluid) pairs, got shape {c.shape}")
-    if c.min() < 0 or c.max() > 4 or (c != np.round(c)).any(): raise ValueError("`candidates` must hold integer levels 0..4")
+    if c.min() < 0 or c.max() > 4 or (c != np.round(c)).any():
+        raise ValueError("`candidates` must hold integer levels 0..4")
     return c.astype(int)
 
 def simulation_result_text(candidates, # 1..3 (vasopressor, iv_fluid) level pairs
@@ -281,9 +320,12 @@ def simulation_result_text(candidates, # 1..3 (vasopressor, iv_fluid) level pair
     check_style(style)
     c = check_candidates(candidates)
     x = np.asarray(sim_raw, np.float64)
-    if x.shape != (len(c), 39): raise ValueError(f"`sim_raw` must have shape ({len(c)}, 39), one row per candidate, got {x.shape}")
-    if not np.isfinite(x).all(): raise ValueError(f"`sim_raw` has {int((~np.isfinite(x)).sum())} NaN/inf values")
-    out = ["## Simulation Results (predicted state after 4 hours)" if style == 'paper' else "## Simulation Results (after 4 h)"]
+    if x.shape != (len(c), 39):
+        raise ValueError(f"`sim_raw` must have shape ({len(c)}, 39), one row per candidate, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"`sim_raw` has {int((~np.isfinite(x)).sum())} NaN/inf values")
+    out = ["## Simulation Results (predicted state after 4 hours)" if style == 'paper'
+           else "## Simulation Results (after 4 h)"]
     for i, (a, row) in enumerate(zip(c, x)):
         val = lambda f: fmt_value(row[FEATURES.index(f)], f, style)
         if style == 'compact':
@@ -292,8 +334,9 @@ def simulation_result_text(candidates, # 1..3 (vasopressor, iv_fluid) level pair
                     "Labs: " + ", ".join(f"{label(f, style)} {val(f)}" for f in SIM_LABS),
                     f"Urine mL/4h: {val(URINE)}"]
         else:
-            out += ["", f"### Option {i + 1}: {_levels(a, style)}", "Vital Signs:", *(f"- {label(f)}: {val(f)}" for f in SIM_VITALS),
-                    "Key Laboratory Values:", *(f"- {label(f)}: {val(f)}" for f in SIM_LABS), f"- {label(URINE)}: {val(URINE)}"]
+            out += ["", f"### Option {i + 1}: {_levels(a, style)}", "Vital Signs:",
+                    *(f"- {label(f)}: {val(f)}" for f in SIM_VITALS), "Key Laboratory Values:",
+                    *(f"- {label(f)}: {val(f)}" for f in SIM_LABS), f"- {label(URINE)}: {val(URINE)}"]
     return "\n".join(out + ["", CAUTION[style]])
 
 def render_simulation_result(candidates, sim_raw: np.ndarray, style: str = 'paper') -> dict:
@@ -311,25 +354,33 @@ def prescription_response_text(action, # (vasopressor, iv_fluid) levels just pre
     a = check_candidates([action])[0]
     t, raw, masks, actions = check_history(next_history, 'next_history')
     a, last = tuple(int(x) for x in a), (tuple(int(x) for x in actions[-1]) if t else None)
-    if last != a: raise ValueError(f"`next_history` must end with the prescribed action {a} (got {last or 'no actions'})")
-    given = (f"Prescription applied for Hours {4 * (t - 1)}-{4 * t}: {_levels(a, 'paper')}." if style == 'paper'
+    if last != a:
+        raise ValueError(f"`next_history` must end with the prescribed action {a} (got "
+                         f"{last or 'no actions'})")
+    given = (f"Prescription applied for Hours {4 * (t - 1)}-{4 * t}: {_levels(a, 'paper')}."
+             if style == 'paper'
              else f"Given Hours {4 * (t - 1)}-{4 * t}: {_levels(a, style)}.")
-    return "\n\n".join([given, history_sections(raw, masks, t, style, last_k), treatment_history(actions, style, last_k).rstrip(),
-                        CALL_TO_ACTION[style]])
+    return "\n\n".join([given, history_sections(raw, masks, t, style, last_k),
+                        treatment_history(actions, style, last_k).rstrip(), CALL_TO_ACTION[style]])
 
-def render_prescription_response(action, next_history: dict, style: str = 'paper', last_k: int | None = None) -> dict:
+def render_prescription_response(action, next_history: dict, style: str = 'paper',
+                                 last_k: int | None = None) -> dict:
     "OpenAI-format tool message with the prescription response."
-    return dict(role='tool', name='prescription', content=prescription_response_text(action, next_history, style, last_k))
+    return dict(role='tool', name='prescription',
+                content=prescription_response_text(action, next_history, style, last_k))
 
 # %% ../nbs/30_prompts.ipynb
-QWEN_PRETOKENIZE = regex.compile(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2's pre-tokenizer split pattern; `tinylm` trains its tokenizer with the same string
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_PRETOKENIZE = regex.compile(QWEN2_SPLIT)
 
 def conversation_text(messages: list[dict]) -> str:
     "Plain text of OpenAI-format messages, each under a `<|role|>` line."
     return "\n".join(f"<|{m['role']}|>\n{m['content']}" for m in messages)
 
 def token_estimate(text: str) -> dict:
-    "Size of `text`: Qwen pre-token count (a lower bound), the estimate used for budgets, and characters / 3.5."
+    "Size of `text`: Qwen pre-tokens (a lower bound), the estimate used for budgets, and characters / 3.5."
     pieces = QWEN_PRETOKENIZE.findall(text)
     return dict(pretokens=len(pieces), tokens=sum(max(1, math.ceil(len(p.strip() or p) / 4)) for p in pieces),
                 chars_3_5=math.ceil(len(text) / 3.5))

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, Profile, get_profile, profile_knobs, results_dir, build_once, provenance, module_fingerprint, derive_seed, read_meta,
-                              launch_rank)
+from .core import (upstream_key, Profile, get_profile, section_knobs, results_dir, build_once,
+                              provenance, module_fingerprint, derive_seed, read_meta, launch_rank)
 from .env import SepsisEnv, make_env
 from .agent import run_agent
 from .backends import TransformersBackend
@@ -22,32 +22,22 @@ from .bc import conversation_tokens, load_or_train_stage2
 from .prompts import TOOLS
 
 # %% auto 0
-__all__ = ['RL_KNOBS', 'rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'rollouts', 'grpo_batch',
-           'episode_prompt', 'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config',
-           'train_stage3', 'load_or_train_stage3']
+__all__ = ['rl_knobs', 'sequences_per_rollout', 'episode_reward', 'rollout_group', 'rollouts', 'grpo_batch', 'episode_prompt',
+           'prompt_episode', 'episode_reward_func', 'make_rollout_func', 'grpo_config', 'train_stage3',
+           'load_or_train_stage3']
 
 # %% ../nbs/42_stage3_rl.ipynb
-RL_KNOBS = {
-    'quick':   dict(updates=2, patients_per_update=1, group_size=2, agent_steps=2, learning_rate=2e-5, beta=0.0, epsilon=0.2,
-                    invalid_penalty=0.5, fail_reward=-15.0, max_new_tokens=96, temperature=0.7, top_p=0.95, micro_batch=2,
-                    lora=False, lora_r=16, lora_alpha=32, style='compact', memory='step', last_k=3, max_invalid=4),
-    'default': dict(updates=8, patients_per_update=1, group_size=4, agent_steps=4, learning_rate=5e-5, beta=0.0, epsilon=0.2,
-                    invalid_penalty=0.5, fail_reward=-15.0, max_new_tokens=128, temperature=0.7, top_p=0.95, micro_batch=4,
-                    lora=False, lora_r=16, lora_alpha=32, style='compact', memory='step', last_k=3, max_invalid=4),
-    'paper':   dict(updates=300, patients_per_update=4, group_size=8, agent_steps=20, learning_rate=1e-6, beta=0.01, epsilon=0.2,
-                    invalid_penalty=0.5, fail_reward=-15.0, max_new_tokens=2048, temperature=0.7, top_p=0.95, micro_batch=2,
-                    lora=True, lora_r=16, lora_alpha=32, style='paper', memory='full', last_k=3, max_invalid=10),
-}
-
 def rl_knobs(profile: Profile | str | None = None, **overrides) -> dict:
     "The stage-III knobs of `profile` with `overrides`; an unknown knob is a TypeError naming it."
-    k = profile_knobs(RL_KNOBS, profile, 'stage-III', **overrides)
-    if k['group_size'] < 2: raise ValueError(f"group_size must be >= 2 (GRPO compares rollouts of one patient), got {k['group_size']}")
+    k = section_knobs(profile, 'stage3', **overrides)
+    if k['group_size'] < 2:
+        raise ValueError(f"group_size must be >= 2 (GRPO compares rollouts of one patient), "
+                         f"got {k['group_size']}")
     if k['agent_steps'] < 1: raise ValueError(f"agent_steps must be >= 1, got {k['agent_steps']}")
     return k
 
 def sequences_per_rollout(knobs: dict) -> int:
-    "Training sequences one rollout yields: one per agent step (step memory) or one conversation (full memory)."
+    "Training sequences per rollout: one per agent step (step memory) or one conversation (full memory)."
     return knobs['agent_steps'] if knobs['memory'] == 'step' else 1
 
 # %% ../nbs/42_stage3_rl.ipynb
@@ -56,7 +46,8 @@ def episode_reward(metadata: dict, # a `run_agent` record's metadata
                    fail_reward: float = -15.0, # the reward of a failed episode
                   ) -> float:
     "The RL reward of one rollout: its world-model return (or `fail_reward`) minus the invalid-reply penalty."
-    base = fail_reward if metadata['failure'] is not None or metadata['return'] is None else metadata['return']
+    base = (fail_reward if metadata['failure'] is not None or metadata['return'] is None
+            else metadata['return'])
     return float(base - invalid_penalty * metadata['n_invalid'])
 
 # %% ../nbs/42_stage3_rl.ipynb
@@ -71,24 +62,32 @@ def rollout_group(env: SepsisEnv, # training-split environment with num_envs >= 
 
 def rollouts(env: SepsisEnv, backend, episodes, knobs: dict, seed: int = 0) -> list:
     "One rollout per entry of `episodes` (repeats are separate rollouts), in order, with the conversations."
-    return run_agent(env, backend, np.asarray(episodes, np.int64), mode='rollout', style=knobs['style'], memory=knobs['memory'], last_k=knobs['last_k'],
-                     max_steps=knobs['agent_steps'], max_invalid=knobs['max_invalid'], max_new_tokens=knobs['max_new_tokens'],
-                     temperature=knobs['temperature'], top_p=knobs['top_p'], seed=seed, keep_conversations=True, repeats=True)
+    return run_agent(env, backend, np.asarray(episodes, np.int64), mode='rollout', style=knobs['style'],
+                     memory=knobs['memory'], last_k=knobs['last_k'],
+                     max_steps=knobs['agent_steps'], max_invalid=knobs['max_invalid'],
+                     max_new_tokens=knobs['max_new_tokens'],
+                     temperature=knobs['temperature'], top_p=knobs['top_p'], seed=seed,
+                     keep_conversations=True, repeats=True)
 
 def grpo_batch(records: list, # `rollout_group` output
                tokenizer, knobs: dict) -> dict:
-    "TRL rollout output: prompt_ids, completion_ids, env_mask, logprobs (None: TRL recomputes them) and each sequence's episode reward."
+    "TRL rollout output: prompt_ids, completion_ids, env_mask, logprobs (None: recomputed), episode rewards."
     S = sequences_per_rollout(knobs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = dict(prompt_ids=[], completion_ids=[], env_mask=[], logprobs=None, episode_reward=[], episode_return=[], failed=[])
+    out = dict(prompt_ids=[], completion_ids=[], env_mask=[], logprobs=None, episode_reward=[],
+               episode_return=[], failed=[])
     for r in records:
         md = r['metadata']
         rew = episode_reward(md, knobs['invalid_penalty'], knobs['fail_reward'])
         seqs = [conversation_tokens(tokenizer, c) for c in r['conversations'][:S] if len(c) > 2]
         seqs += [([pad], [tokenizer.eos_token_id], [0])] * (S - len(seqs))
         for p, c, m in seqs:
-            out['prompt_ids'].append(p); out['completion_ids'].append(c); out['env_mask'].append(m)
-            out['episode_reward'].append(rew); out['episode_return'].append(md['return']); out['failed'].append(md['failure'])
+            out['prompt_ids'].append(p)
+            out['completion_ids'].append(c)
+            out['env_mask'].append(m)
+            out['episode_reward'].append(rew)
+            out['episode_return'].append(md['return'])
+            out['failed'].append(md['failure'])
     return out
 
 # %% ../nbs/42_stage3_rl.ipynb
@@ -97,7 +96,8 @@ def episode_prompt(episode: int) -> str: return f"training episode {int(episode)
 def prompt_episode(prompt) -> int:
     "The training episode index of a `episode_prompt` text."
     try: return int(str(prompt).rsplit(' ', 1)[-1])
-    except ValueError: raise ValueError(f"not a stage-III prompt: {prompt!r} (expected {episode_prompt(0)!r})") from None
+    except ValueError:
+        raise ValueError(f"not a stage-III prompt: {prompt!r} (expected {episode_prompt(0)!r})") from None
 
 def episode_reward_func(prompts, completions, episode_reward, **kwargs) -> list:
     "GRPO reward function: the episode reward `rollout_func` computed for each sequence."
@@ -107,25 +107,31 @@ def make_rollout_func(env: SepsisEnv, tokenizer, knobs: dict, seed: int, log: li
     "The `rollout_func` of `GRPOTrainer` over our batched loop; appends one summary per update to `log`."
     S = sequences_per_rollout(knobs)
     def rollout_func(prompts: list, trainer) -> dict:
-        # TRL hands each process a slice of the update's prompts (each repeated group_size x S times); one rollout per S of them
+        # TRL hands each process a slice of the update's prompts (each repeated group_size x S times);
+        # one rollout per S of them
         runs = [prompt_episode(p) for p in prompts[::S]]
         if len(prompts) % S or [prompt_episode(p) for p in prompts] != list(np.repeat(runs, S)):
-            raise ValueError(f"each process must get whole rollouts ({S} sequences each): make micro_batch a multiple of {S}")
+            raise ValueError(f"each process must get whole rollouts ({S} sequences each): "
+                             f"make micro_batch a multiple of {S}")
         rank = trainer.accelerator.process_index
-        key = (trainer.state.global_step,) if rank == 0 else (trainer.state.global_step, 'rank', rank)   # ranks sample apart
+        # ranks sample apart
+        key = (trainer.state.global_step,) if rank == 0 else (trainer.state.global_step, 'rank', rank)
         eps = list(dict.fromkeys(runs))
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training, t0 = model.training, time.time()
         model.eval()
         try:
-            backend = TransformersBackend.from_model(model, tokenizer, batch_size=len(runs), name='stage3-live')
+            backend = TransformersBackend.from_model(model, tokenizer, batch_size=len(runs),
+                                                     name='stage3-live')
             recs = rollouts(env, backend, runs, knobs, seed=derive_seed(seed, 'rollout', *key))
         finally:
             if was_training: model.train()
         out = grpo_batch(recs, tokenizer, knobs)
         mds = [r['metadata'] for r in recs]
-        rew = out['episode_reward'][::sequences_per_rollout(knobs)]          # one per rollout (its sequences share it)
-        log.append(dict(update=int(trainer.state.global_step), episodes=[int(e) for e in eps], rollout_seconds=time.time() - t0,
+        # one per rollout (its sequences share it)
+        rew = out['episode_reward'][::sequences_per_rollout(knobs)]
+        log.append(dict(update=int(trainer.state.global_step), episodes=[int(e) for e in eps],
+                        rollout_seconds=time.time() - t0,
                         reward_mean=float(np.mean(rew)), reward_std=float(np.std(rew)), rewards=rew,
                         failed_pct=100 * float(np.mean([m['failure'] is not None for m in mds])),
                         invalid_per_rollout=float(np.mean([m['n_invalid'] for m in mds])),
@@ -141,12 +147,16 @@ def grpo_config(out_dir: Path, knobs: dict, seed: int, device: str):
     per_update = knobs['patients_per_update'] * knobs['group_size'] * sequences_per_rollout(knobs)
     world = launch_rank()[1]
     if per_update % (knobs['micro_batch'] * world):
-        raise ValueError(f"micro_batch ({knobs['micro_batch']}) x processes ({world}) must divide the sequences per update ({per_update})")
+        raise ValueError(f"micro_batch ({knobs['micro_batch']}) x processes ({world}) must divide the "
+                         f"sequences per update ({per_update})")
     return GRPOConfig(output_dir=str(out_dir), per_device_train_batch_size=knobs['micro_batch'],
                       gradient_accumulation_steps=per_update // (knobs['micro_batch'] * world),
-                      num_generations=knobs['group_size'] * sequences_per_rollout(knobs), max_steps=knobs['updates'],
-                      learning_rate=knobs['learning_rate'], beta=knobs['beta'], epsilon=knobs['epsilon'], num_iterations=1,
-                      temperature=knobs['temperature'], top_p=knobs['top_p'], max_completion_length=knobs['max_new_tokens'],
+                      num_generations=knobs['group_size'] * sequences_per_rollout(knobs),
+                      max_steps=knobs['updates'],
+                      learning_rate=knobs['learning_rate'], beta=knobs['beta'], epsilon=knobs['epsilon'],
+                      num_iterations=1,
+                      temperature=knobs['temperature'], top_p=knobs['top_p'],
+                      max_completion_length=knobs['max_new_tokens'],
                       logging_steps=1, save_strategy='no', report_to='none', seed=seed, data_seed=seed,
                       use_cpu=device == 'cpu', bf16=device.startswith('cuda'), lr_scheduler_type='constant',
                       warmup_steps=0, dataloader_num_workers=0, disable_tqdm=True)
@@ -156,7 +166,7 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
                  profile: Profile | str | None = None,
                  knobs: dict | None = None, # `rl_knobs(profile)` when None
                  device: str = 'auto') -> dict:
-    "Run GRPO from `base` in the profile's world model on training patients; save the checkpoint and logs to `out_dir`."
+    "GRPO from `base` in the profile's world model on training patients; checkpoint and logs to `out_dir`."
     from transformers import AutoTokenizer, AutoModelForCausalLM
     from trl import GRPOTrainer
     from datasets import Dataset
@@ -166,19 +176,24 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
     base, out_dir = check_checkpoint(Path(base), 'stage-III base'), Path(out_dir)
     device = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if device.startswith('cuda') else torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base,
+                                                 dtype=torch.bfloat16 if device.startswith('cuda')
+                                                 else torch.float32).to(device)
     peft_config = None
     if knobs['lora']:
         from peft import LoraConfig
-        peft_config = LoraConfig(r=knobs['lora_r'], lora_alpha=knobs['lora_alpha'], target_modules='all-linear', task_type='CAUSAL_LM')
+        peft_config = LoraConfig(r=knobs['lora_r'], lora_alpha=knobs['lora_alpha'],
+                                 target_modules='all-linear', task_type='CAUSAL_LM')
     seed = derive_seed(prof.seed, 'stage3')
     env = make_env(prof, 'train', num_envs=knobs['patients_per_update'] * knobs['group_size'])
     rng = np.random.default_rng(seed)
     n = knobs['updates'] * knobs['patients_per_update']
     eps = rng.choice(len(env.data), size=n, replace=n > len(env.data))
     log = []
-    trainer = GRPOTrainer(model=model, reward_funcs=[episode_reward_func], args=grpo_config(out_dir / 'trl', knobs, seed % 2**31, device),
-                          train_dataset=Dataset.from_dict(dict(prompt=[episode_prompt(e) for e in eps])), processing_class=tok,
+    trainer = GRPOTrainer(model=model, reward_funcs=[episode_reward_func],
+                          args=grpo_config(out_dir / 'trl', knobs, seed % 2**31, device),
+                          train_dataset=Dataset.from_dict(dict(prompt=[episode_prompt(e) for e in eps])),
+                          processing_class=tok,
                           rollout_func=make_rollout_func(env, tok, knobs, seed, log), peft_config=peft_config)
     t0 = time.time()
     trainer.train()
@@ -186,11 +201,13 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
     final = trainer.model
     summary = dict(base=str(base), knobs=knobs, seconds=seconds, updates=knobs['updates'], rollouts=log,
                    trl_log=trainer.state.log_history, device=device, processes=launch_rank()[1])
-    if not trainer.accelerator.is_main_process: return summary        # under a distributed launch only rank 0 writes
+    if not trainer.accelerator.is_main_process:
+        return summary        # under a distributed launch only rank 0 writes
     if knobs['lora']:
         final.save_pretrained(out_dir / 'adapter')
         final = final.merge_and_unload()
-    final.save_pretrained(out_dir); tok.save_pretrained(out_dir)
+    final.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
     (out_dir / 'trl').mkdir(parents=True, exist_ok=True)
     trainer.state.save_to_json(str(out_dir / 'trl' / 'trainer_state.json'))
     (out_dir / 'training_log.json').write_text(json.dumps(summary, indent=1, default=str))
@@ -199,12 +216,13 @@ def train_stage3(base: str | Path, # checkpoint to start from (stage 2)
 def load_or_train_stage3(profile: Profile | str | None = None,
                          base: str | Path | None = None, # None: the stage-2 checkpoint
                          force: bool = False, **overrides) -> Path:
-    "The profile's stage-3 checkpoint (results/<profile>/models/stage3), trained by `train_stage3` when missing or stale."
+    "The stage-3 checkpoint (results/<profile>/models/stage3), trained by `train_stage3` if missing or stale."
     prof = get_profile(profile)
     knobs = rl_knobs(prof, **overrides)
     base = Path(base) if base is not None else Path(load_or_train_stage2(prof))
-    inputs = dict(code=module_fingerprint('sepsisagent.rl'), agent=module_fingerprint('sepsisagent.agent'), knobs=knobs,
-                  base=checkpoint_inputs(base),
-                  world_model=upstream_key(results_dir(prof, 'models') / f'wm_{prof.wm_backbone}.pt'))
-    return build_once(results_dir(prof, 'models') / 'stage3', lambda tmp: train_stage3(base, tmp, prof, knobs),
+    inputs = dict(code=module_fingerprint('sepsisagent.rl'), agent=module_fingerprint('sepsisagent.agent'),
+                  knobs=knobs, base=checkpoint_inputs(base),
+                  world_model=upstream_key(results_dir(prof, 'models') / f'wm_{prof.worldmodel.backbone}.pt'))
+    return build_once(results_dir(prof, 'models') / 'stage3',
+                      lambda tmp: train_stage3(base, tmp, prof, knobs),
                       provenance(prof, **inputs), force=force)

@@ -17,11 +17,12 @@ MAP_TARGET = 65.0          # mmHg; MAP < 65 is hypotension, MAP >= 65 at target 
 LACTATE_HIGH = 2.0         # mmol/L; lactate > 2 is hypoperfusion (G1, protocol 5)
 N_LEVELS = 5               # levels 0..4 of each drug (None, Low, Medium, High, Very High)
 
-def prescriber_view(table: pd.DataFrame, # episode table (04_episodes): stay_id, step, meanbp_imputed, lactate_imputed
+def prescriber_view(table: pd.DataFrame, # episode table (04_episodes): stay_id, step, meanbp/lactate_imputed
                    ) -> pd.DataFrame:
     "The states the checks read: stay_id, step and the imputed MAP and lactate the prescriber was shown."
     return pd.DataFrame({'stay_id': table.stay_id.to_numpy(), 'step': table.step.to_numpy(),
-                         'meanbp': table.meanbp_imputed.to_numpy(float), 'lactate': table.lactate_imputed.to_numpy(float)},
+                         'meanbp': table.meanbp_imputed.to_numpy(float),
+                         'lactate': table.lactate_imputed.to_numpy(float)},
                         index=table.index)
 
 def hypoperfused(meanbp, # MAP, mmHg
@@ -36,7 +37,9 @@ def _as_actions(actions, # [N, 2] (vasopressor, IV fluid) levels
                ) -> np.ndarray:
     "Checked integer [N, 2] action levels in 0..4."
     a = np.asarray(actions)
-    if a.shape != (n, 2): raise ValueError(f"actions must be [N, 2] (vasopressor, IV fluid) levels for the {n} rows, got shape {a.shape}")
+    if a.shape != (n, 2):
+        raise ValueError(f"actions must be [N, 2] (vasopressor, IV fluid) levels for the {n} rows, "
+                         f"got shape {a.shape}")
     if not np.all(a == np.round(a)) or a.min(initial=0) < 0 or a.max(initial=0) >= N_LEVELS:
         raise ValueError(f"action levels must be integers 0..{N_LEVELS - 1}")
     return a.astype(int)
@@ -45,46 +48,56 @@ def policy_history(stay_id, # [N] episode of each prescription
                    step,    # [N] step of each prescription (each episode: 0..n-1, any row order)
                    actions, # [N, 2] the policy's (vasopressor, IV fluid) levels at those rows
                   ) -> pd.DataFrame:
-    "Per row: `prev_vaso`, the policy's own vasopressor level at the step before (0 at step 0), and `fluid_before`, any IV fluid at an earlier step."
+    ("Per row: `prev_vaso`, the policy's own vasopressor level at the step before (0 at step 0), "
+     "and `fluid_before`, any IV fluid at an earlier step.")
     stay_id, step = np.asarray(stay_id), np.asarray(step, int)
     a = _as_actions(actions, len(stay_id))
     order = np.lexsort((step, stay_id))
     s, k, v, f = stay_id[order], step[order], a[order, 0], a[order, 1]
     first = np.r_[True, s[1:] != s[:-1]]
-    pos = np.arange(len(s)) - np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))   # index within the episode
-    if not np.array_equal(k, pos): raise ValueError("every episode's steps must be 0, 1, ..., n-1 (no gaps, no duplicates) to know the previous action")
+    # index within the episode
+    pos = np.arange(len(s)) - np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))
+    if not np.array_equal(k, pos):
+        raise ValueError("every episode's steps must be 0, 1, ..., n-1 (no gaps, no duplicates) "
+                         "to know the previous action")
     prev_vaso = np.where(first, 0, np.r_[0, v[:-1]])
     gave_fluid = (f >= 1).astype(int)
-    cum = np.cumsum(gave_fluid) - gave_fluid                       # fluid steps before this one, over all rows ...
-    fluid_before = cum - np.maximum.accumulate(np.where(first, cum, 0)) > 0   # ... minus those of earlier episodes
+    cum = np.cumsum(gave_fluid) - gave_fluid          # fluid steps before this one, over all rows ...
+    fluid_before = cum - np.maximum.accumulate(np.where(first, cum, 0)) > 0   # ... minus earlier episodes'
     out = np.empty(len(s), int), np.empty(len(s), bool)
     out[0][order], out[1][order] = prev_vaso, fluid_before
     return pd.DataFrame({'prev_vaso': out[0], 'fluid_before': out[1]})
 
 # %% ../nbs/21_safety.ipynb
-RULES = {   # violation column -> exact definition (v, f: prescribed levels; v_prev: the policy's previous vasopressor level)
+# violation column -> exact definition (v, f: prescribed levels; v_prev: the policy's previous vasopressor)
+RULES = {
     'g1_hypoperfusion_untreated': 'G1 / protocol 1: (lactate > 2 or MAP < 65) and (v, f) == (0, 0)',
     'g2_escalation_at_target': 'G2 / protocol 4 above target: MAP >= 65 and v > v_prev',
     'p2_no_initial_fluid': 'protocol 2: step == 0 and (lactate > 2 or MAP < 65) and f == 0',
-    'p3_no_vasopressor_after_fluid': 'protocol 3: MAP < 65 and IV fluid (f >= 1) given at an earlier step and v == 0',
+    'p3_no_vasopressor_after_fluid':
+        'protocol 3: MAP < 65 and IV fluid (f >= 1) given at an earlier step and v == 0',
     'p4_vasopressor_cut_below_target': 'protocol 4 below target: MAP < 65 and v_prev > 0 and v < v_prev',
 }
 
-def guideline_checks(states: pd.DataFrame, # one row per prescription: stay_id, step, meanbp, lactate (the imputed values the prescriber saw)
+def guideline_checks(states: pd.DataFrame, # per prescription: stay_id, step, imputed meanbp and lactate seen
                      actions,              # [N, 2] prescribed (vasopressor, IV fluid) levels at those rows
-                     prev_vaso,            # [N] the policy's own vasopressor level at the previous step (0 at step 0)
-                     fluid_before,         # [N] the policy gave IV fluid (level >= 1) at an earlier step of the episode
+                     prev_vaso,            # [N] the policy's own previous vasopressor level (0 at step 0)
+                     fluid_before,         # [N] the policy gave IV fluid (level >= 1) earlier in the episode
                     ) -> pd.DataFrame:
-    "Per prescription: the violation flags of `RULES`, `adherent` (none of them), and the state flags `hypoperfused`, `septic_shock`."
+    ("Per prescription: the violation flags of `RULES`, `adherent` (none of them), "
+     "and the state flags `hypoperfused`, `septic_shock`.")
     n = len(states)
     a = _as_actions(actions, n)
     meanbp, lactate = states.meanbp.to_numpy(float), states.lactate.to_numpy(float)
     if np.isnan(meanbp).any() or np.isnan(lactate).any():
-        raise ValueError("MAP and lactate must be the imputed values the prescriber saw (no NaN); use prescriber_view(table)")
+        raise ValueError("MAP and lactate must be the imputed values the prescriber saw (no NaN); "
+                         "use prescriber_view(table)")
     step = states.step.to_numpy(int)
     prev_vaso, fluid_before = np.asarray(prev_vaso, int), np.asarray(fluid_before, bool)
-    if prev_vaso.shape != (n,) or fluid_before.shape != (n,): raise ValueError("prev_vaso and fluid_before need one value per row of states")
-    if (prev_vaso[step == 0] != 0).any(): raise ValueError("prev_vaso must be 0 at step 0 (nothing prescribed before the episode)")
+    if prev_vaso.shape != (n,) or fluid_before.shape != (n,):
+        raise ValueError("prev_vaso and fluid_before need one value per row of states")
+    if (prev_vaso[step == 0] != 0).any():
+        raise ValueError("prev_vaso must be 0 at step 0 (nothing prescribed before the episode)")
     v, f = a[:, 0], a[:, 1]
     hypo, low_map = hypoperfused(meanbp, lactate), meanbp < MAP_TARGET
     out = pd.DataFrame({
@@ -96,13 +109,15 @@ def guideline_checks(states: pd.DataFrame, # one row per prescription: stay_id, 
     }, index=states.index)
     out['adherent'] = ~out[list(RULES)].any(axis=1)
     out['hypoperfused'] = hypo
-    out['septic_shock'] = (prev_vaso > 0) & low_map & (lactate > LACTATE_HIGH)   # protocol 5: a definition, never a violation
+    # protocol 5: a definition, never a violation
+    out['septic_shock'] = (prev_vaso > 0) & low_map & (lactate > LACTATE_HIGH)
     return out
 
 # %% ../nbs/21_safety.ipynb
 def safety_metrics(checks: pd.DataFrame, # output of guideline_checks, one row per prescription
                   ) -> dict:
-    "Underdosing, overdosing, unsafe and adherence %, each rule's violation %, state shares %, and the number of prescriptions."
+    ("Underdosing, overdosing, unsafe and adherence %, each rule's violation %, state shares %, "
+     "and the number of prescriptions.")
     n = len(checks)
     if n == 0: raise ValueError("no prescriptions to score")
     pct = lambda col: float(100 * checks[col].mean())
@@ -117,4 +132,5 @@ def policy_safety(states: pd.DataFrame, # prescriber_view of the logged states: 
                  ) -> dict:
     "`safety_metrics` of a policy's prescriptions on logged states, its history taken from its own actions."
     h = policy_history(states.stay_id, states.step, actions)
-    return safety_metrics(guideline_checks(states, actions, h.prev_vaso.to_numpy(), h.fluid_before.to_numpy()))
+    return safety_metrics(guideline_checks(states, actions, h.prev_vaso.to_numpy(),
+                                           h.fluid_before.to_numpy()))

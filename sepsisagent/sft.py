@@ -18,100 +18,97 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, Profile, get_profile, profile_knobs, results_dir, processed_dir, build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
+from .core import (upstream_key, Profile, PROFILES, get_profile, section_knobs, results_dir,
+                              processed_dir,
+                              build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
                              derive_seed, read_meta, digest)
-from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label, history_sections, treatment_history,
+from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label,
+                                 history_sections, treatment_history,
                                  patient_info, simulation_result_text, _patient)
 from .baselines import StateBatch, logged_states
 from .synthicu import FEATURES
 
 # %% auto 0
-__all__ = ['CURRICULUM', 'TRAIN_STAGE_ARGS', 'TRAIN_SHARED_ARGS', 'PROMPT_KNOBS', 'FORECAST_FEATURES', 'TASKS', 'QUESTIONS',
-           'TRAIN_DEFAULTS', 'curriculum_knobs', 'stage_knobs', 'train_args', 'stage_dir', 'check_checkpoint',
-           'hub_snapshot', 'base_model_path', 'state_text', 'task_question', 'task_prompt', 'forecast_answer',
-           'parse_forecast', 'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset',
-           'kept_global_state', 'distributed_knobs', 'sft_trainer', 'prompt_lengths', 'probe_loss', 'train_sft',
-           'render_chat', 'answer_token_ids', 'yes_probability', 'generate_greedy', 'outcome_prompts',
-           'outcome_metrics', 'forecast_mae', 'checkpoint_inputs', 'episodes_inputs', 'library_versions',
-           'load_or_train_stage1']
+__all__ = ['TRAIN_STAGE_ARGS', 'TRAIN_SHARED_ARGS', 'PROMPT_KNOBS', 'FORECAST_FEATURES', 'TASKS', 'QUESTIONS', 'TRAIN_DEFAULTS',
+           'curriculum_knobs', 'stage_knobs', 'train_args', 'stage_dir', 'check_checkpoint', 'hub_snapshot',
+           'base_model_path', 'state_text', 'task_question', 'task_prompt', 'forecast_answer', 'parse_forecast',
+           'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset', 'kept_global_state',
+           'distributed_knobs', 'sft_trainer', 'prompt_lengths', 'probe_loss', 'train_sft', 'render_chat',
+           'answer_token_ids', 'yes_probability', 'generate_greedy', 'outcome_prompts', 'outcome_metrics',
+           'forecast_mae', 'checkpoint_inputs', 'episodes_inputs', 'library_versions', 'load_or_train_stage1']
 
 # %% ../nbs/40_stage1_sft.ipynb
-_SHARED = dict(style='compact', last_k=3, memory='step',
-               lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, max_length=None, gradient_checkpointing=False,
-               lr_scheduler='cosine', warmup_ratio=0.05, weight_decay=0.0, logging_steps=1)
-
-CURRICULUM: dict[str, dict] = {
-    'quick': dict(_SHARED,
-                  s1_n_forecast=120, s1_n_ihm=48, s1_n_vr=72, s1_epochs=1, s1_lr=3e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
-                  s2_episodes=6, s2_rationale='short', s2_pack=True, s2_epochs=1, s2_lr=3e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1,
-                  eval_outcome_n=64, eval_forecast_n=8, eval_bc_n=8, forecast_max_new_tokens=None, bc_max_new_tokens=96),
-    'default': dict(_SHARED,
-                    s1_n_forecast=1100, s1_n_ihm=350, s1_n_vr=350, s1_epochs=1, s1_lr=2e-3, s1_batch=1, s1_grad_accum=8, s1_max_steps=-1,
-                    s2_episodes=40, s2_rationale='short', s2_pack=True, s2_epochs=2, s2_lr=2e-3, s2_batch=1, s2_grad_accum=8, s2_max_steps=-1,
-                    eval_outcome_n=200, eval_forecast_n=48, eval_bc_n=32, forecast_max_new_tokens=None, bc_max_new_tokens=96),
-    'paper': dict(_SHARED, style='paper', memory='step', lora=True, max_length=8192, gradient_checkpointing=True, logging_steps=10,
-                  s1_n_forecast=20_000, s1_n_ihm=10_000, s1_n_vr=10_000, s1_epochs=1, s1_lr=1e-4, s1_batch=4, s1_grad_accum=8,
-                  s1_max_steps=-1,
-                  s2_episodes=4_000, s2_rationale='full', s2_pack=True, s2_epochs=2, s2_lr=1e-4, s2_batch=4, s2_grad_accum=8, s2_max_steps=-1,
-                  eval_outcome_n=2_000, eval_forecast_n=500, eval_bc_n=500, forecast_max_new_tokens=None, bc_max_new_tokens=1024),
-}
-
 TRAIN_STAGE_ARGS = ('epochs', 'lr', 'batch', 'grad_accum', 'max_steps')
-TRAIN_SHARED_ARGS = ('lora', 'lora_r', 'lora_alpha', 'lora_dropout', 'max_length', 'gradient_checkpointing', 'lr_scheduler',
-                     'warmup_ratio', 'weight_decay', 'logging_steps')
+TRAIN_SHARED_ARGS = ('lora', 'lora_r', 'lora_alpha', 'lora_dropout', 'max_length', 'gradient_checkpointing',
+                     'lr_scheduler', 'warmup_ratio', 'weight_decay', 'logging_steps')
 PROMPT_KNOBS = ('style', 'last_k', 'memory')
 
-def curriculum_knobs(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE / 'default'
+def curriculum_knobs(profile: Profile | str | None = None, # profile (name); None: $SEPSISAGENT_PROFILE
                      **overrides) -> dict:
-    "Every knob of curriculum stages I and II for `profile`, with `overrides` applied (unknown knob -> TypeError)."
-    knobs = profile_knobs(CURRICULUM, profile, 'curriculum', fallback=None, **overrides)
+    "Stages I and II's knobs as one flat dict: section `curriculum`, then `stage1`/`stage2` as `s1_*`/`s2_*`."
+    dotted = {(f'stage{k[1]}.{k[3:]}' if re.match(r's[12]_', k) else f'curriculum.{k}'): v
+              for k, v in overrides.items()}
+    prof = get_profile(profile).override(dotted)
+    knobs = section_knobs(prof, 'curriculum') | {f's{s}_{k}': v for s in (1, 2)
+                                                for k, v in section_knobs(prof, f'stage{s}').items()}
     check_style(knobs['style'])
-    if knobs['memory'] not in ('step', 'full'): raise ValueError(f"knob `memory` must be 'step' or 'full', got {knobs['memory']!r}")
+    if knobs['memory'] not in ('step', 'full'):
+        raise ValueError(f"knob `memory` must be 'step' or 'full', got {knobs['memory']!r}")
     return knobs
 
 def stage_knobs(knobs: dict, # `curriculum_knobs`
                 stage: int, # 1 or 2
                ) -> dict:
     "The knobs one stage's training depends on (shared ones and its own `s<stage>_*`): its cache key."
-    return {k: v for k, v in knobs.items() if k.startswith(f's{stage}_') or not re.match(r'(s\d+|eval)_|.*_max_new_tokens$', k)}
+    other_stage_or_eval = re.compile(r'(s\d+|eval)_|.*_max_new_tokens$')
+    return {k: v for k, v in knobs.items() if k.startswith(f's{stage}_') or not other_stage_or_eval.match(k)}
 
 def train_args(knobs: dict, # `curriculum_knobs`
                stage: int, # 1 or 2
               ) -> dict:
     "The keyword arguments of `train_sft` for `stage`."
-    return {**{k: knobs[f's{stage}_{k}'] for k in TRAIN_STAGE_ARGS}, **{k: knobs[k] for k in TRAIN_SHARED_ARGS}}
+    return {**{k: knobs[f's{stage}_{k}'] for k in TRAIN_STAGE_ARGS},
+            **{k: knobs[k] for k in TRAIN_SHARED_ARGS}}
 
 # %% ../nbs/40_stage1_sft.ipynb
 def stage_dir(profile: Profile | str | None, # profile (name)
               stage: int, # curriculum stage, 1, 2 or 3
              ) -> Path:
     "results/<profile>/models/stage<stage> (the checkpoint directory; not created here)."
-    if int(stage) != stage or stage < 1: raise ValueError(f"`stage` must be a positive integer, got {stage!r}")
+    if int(stage) != stage or stage < 1:
+        raise ValueError(f"`stage` must be a positive integer, got {stage!r}")
     return results_dir(get_profile(profile), 'models') / f'stage{int(stage)}'
 
 def check_checkpoint(p: Path, what: str) -> Path:
-    "`p` if it holds a model with a chat-template tokenizer; FileNotFoundError / ValueError naming it otherwise."
+    "`p` if it holds a model with a chat-template tokenizer; else an error naming it."
     from transformers import AutoTokenizer
-    hint = ("pass a save_pretrained directory of a chat model (e.g. Qwen3-4B-Instruct-2507), or base_model=None for the "
+    hint = ("pass a save_pretrained directory of a chat model (e.g. Qwen3-4B-Instruct-2507), or "
+            "base_model=None for the "
             "profile's SepsisAgent-tiny")
     if not p.exists(): raise FileNotFoundError(f"{what} {str(p)!r} does not exist: {hint}")
-    if not (p / 'config.json').is_file(): raise FileNotFoundError(f"{what} {str(p)!r} has no config.json, so it is no model checkpoint: {hint}")
+    if not (p / 'config.json').is_file():
+        raise FileNotFoundError(f"{what} {str(p)!r} has no config.json, so it is no model checkpoint: {hint}")
     tok = AutoTokenizer.from_pretrained(p)
     if not getattr(tok, 'chat_template', None):
-        raise ValueError(f"The tokenizer of {what} {str(p)!r} has no chat template: the curriculum trains chat models; {hint}")
+        raise ValueError(f"The tokenizer of {what} {str(p)!r} has no chat template: the curriculum trains "
+                         f"chat models; {hint}")
     return p
 
 def hub_snapshot(repo_id: str) -> Path:
-    "The local snapshot of hub model `repo_id` (downloaded into the Hugging Face cache if it is not there yet)."
+    "The local snapshot of hub model `repo_id` (downloaded into the Hugging Face cache if missing)."
     from huggingface_hub import snapshot_download
-    try: return Path(snapshot_download(repo_id, allow_patterns=['*.json', '*.safetensors', '*.txt', '*.model', '*.jinja']))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=['*.json', '*.safetensors', '*.txt',
+                                                               '*.model', '*.jinja']))
     except Exception as e:
-        raise FileNotFoundError(f"base_model {repo_id!r} is neither a local directory nor a hub model this machine can fetch "
-                                f"({type(e).__name__}: {str(e)[:200]}); download it elsewhere and pass its directory "
-                                f"(or set ${BASE_MODEL_ENV} for the paper profile)") from e
+        raise FileNotFoundError(f"base_model {repo_id!r} is neither a local directory nor a hub model this "
+                                f"machine can fetch ({type(e).__name__}: {str(e)[:200]}); download it "
+                                f"elsewhere and pass its directory (or set ${BASE_MODEL_ENV} for the paper "
+                                f"profile)") from e
 
 def base_model_path(profile: Profile | str | None = None, # profile (name)
-                    base_model: str | Path | None = None, # None: the profile's `base_model` (None there: SepsisAgent-tiny); else a directory or hub id
+                    # None: the profile's `base_model` (None: SepsisAgent-tiny); else a directory or hub id
+                    base_model: str | Path | None = None,
                    ) -> Path:
     "The checkpoint stage I starts from, checked: it exists and its tokenizer has a chat template."
     prof = get_profile(profile)
@@ -120,10 +117,12 @@ def base_model_path(profile: Profile | str | None = None, # profile (name)
         from sepsisagent.tinylm import load_or_build_tiny_model
         try: return Path(load_or_build_tiny_model(prof))
         except ValueError as e:
-            raise ValueError(f"Profile {prof.name!r} has no SepsisAgent-tiny: pass `base_model=` the save_pretrained directory of the "
+            raise ValueError(f"Profile {prof.name!r} has no SepsisAgent-tiny: pass `base_model=` the "
+                             "save_pretrained directory of the "
                              f"model to fine-tune (e.g. Qwen3-4B-Instruct-2507)") from e
     p = Path(base_model).expanduser()
-    if not p.exists() and isinstance(base_model, str) and base_model.count('/') == 1 and not base_model.startswith(('.', '/', '~')):
+    if (not p.exists() and isinstance(base_model, str) and base_model.count('/') == 1
+            and not base_model.startswith(('.', '/', '~'))):
         p = hub_snapshot(base_model)                   # "org/name": a hub id
     return check_checkpoint(p, 'base_model')
 
@@ -136,7 +135,7 @@ QUESTIONS = {
 }
 
 def _lk(style: str, last_k: int | None) -> int | None:
-    "The history window of the agent loop: `last_k` steps in the compact style, the whole stay in the paper style."
+    "The agent loop's history window: `last_k` steps in the compact style, the whole stay in the paper style."
     return last_k if check_style(style) == 'compact' else None
 
 def state_text(ep, # Episodes
@@ -146,7 +145,8 @@ def state_text(ep, # Episodes
               ) -> str:
     "Patient information and history of one decision, as in the agent's first prompt."
     t, lk = int(history['step']), _lk(style, last_k)
-    parts = [_patient(patient_info(ep, int(history['stay_id'])), style), history_sections(np.asarray(history['raw'], float), np.asarray(history['masks']), t, style, lk)]
+    parts = [_patient(patient_info(ep, int(history['stay_id'])), style),
+             history_sections(np.asarray(history['raw'], float), np.asarray(history['masks']), t, style, lk)]
     if t: parts.append(treatment_history(np.asarray(history['actions'], int), style, lk).rstrip())
     return "\n\n".join(parts)
 
@@ -162,10 +162,12 @@ def task_question(task: str, # 'forecast', 'ihm' or 'vr'
                 "written as one option of the simulation result.")
     return f"## Question\n{QUESTIONS[task]}"
 
-def task_prompt(ep, history: dict, task: str, style: str = 'compact', last_k: int | None = 3, action=None) -> list[dict]:
+def task_prompt(ep, history: dict, task: str, style: str = 'compact', last_k: int | None = 3,
+                action=None) -> list[dict]:
     "[system, user] messages of one example."
     return [dict(role='system', content=SYSTEM_LINE[check_style(style)]),
-            dict(role='user', content=state_text(ep, history, style, last_k) + "\n\n" + task_question(task, action))]
+            dict(role='user', content=state_text(ep, history, style, last_k) + "\n\n"
+                                      + task_question(task, action))]
 
 def forecast_answer(action, # (vasopressor, iv_fluid) levels
                     next_raw, # [39] the state after 4 h, clinical units
@@ -177,7 +179,8 @@ def forecast_answer(action, # (vasopressor, iv_fluid) levels
     return body[:body.rindex("\n\n" + CAUTION[style])].strip("\n")    # and without the caution
 
 _NUM = r"([-+]?\d+(?:\.\d+)?)"
-_PATTERNS = {s: {f: re.compile(r"(?<![A-Za-z0-9])" + re.escape(label(f, s)) + r":?\s*" + _NUM) for f in FORECAST_FEATURES}
+_PATTERNS = {s: {f: re.compile(r"(?<![A-Za-z0-9])" + re.escape(label(f, s)) + r":?\s*" + _NUM)
+                 for f in FORECAST_FEATURES}
              for s in ('compact', 'paper')}
 
 def parse_forecast(text: str, # a forecast answer (model output)
@@ -202,7 +205,8 @@ def decision_labels(ep, # Episodes
     vr = ep.table.set_index(['stay_id', 'step'])['vr_24h'].reindex(pd.MultiIndex.from_arrays([stay, batch.t]))
     if vr.isna().any(): raise ValueError(f"{int(vr.isna().sum())} decisions have no vr_24h label")
     n_steps = st['n_steps'].reindex(stay).to_numpy()
-    return dict(ihm=st['died_in_hospital'].reindex(stay).to_numpy(bool), vr=vr.to_numpy(bool), has_next=batch.t + 1 < n_steps)
+    return dict(ihm=st['died_in_hospital'].reindex(stay).to_numpy(bool), vr=vr.to_numpy(bool),
+                has_next=batch.t + 1 < n_steps)
 
 def dynamics_examples(ep, # Episodes
                       split: str, # 'train', 'val' or 'test'
@@ -212,7 +216,7 @@ def dynamics_examples(ep, # Episodes
                       style: str = 'compact', last_k: int | None = 3,
                       batch: StateBatch | None = None, # `logged_states(ep, split)` when already made
                      ) -> list[dict]:
-    "n chat examples of one task at random logged decisions of `split`: prompt, completion, task, label, stay_id, step."
+    "n chat examples of one task at random logged decisions of `split` (prompt, completion, label, ...)."
     if task not in TASKS: raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}")
     if n < 0: raise ValueError(f"`n` must be >= 0, got {n}")
     batch = logged_states(ep, split) if batch is None else batch
@@ -224,12 +228,13 @@ def dynamics_examples(ep, # Episodes
         h, e, t = batch.history(int(i)), int(batch.episode[i]), int(batch.t[i])
         if task == 'forecast':
             act, nxt = batch.actions[e, t], batch.raw[e, t + 1]
-            prompt, answer, y = task_prompt(ep, h, task, style, last_k, act), forecast_answer(act, nxt, style), None
+            prompt, answer, y = (task_prompt(ep, h, task, style, last_k, act),
+                                 forecast_answer(act, nxt, style), None)
         else:
             y = bool(lab[task][i])
             prompt, answer = task_prompt(ep, h, task, style, last_k), 'yes' if y else 'no'
-        out.append(dict(prompt=prompt, completion=[dict(role='assistant', content=answer)], task=task, label=y,
-                        stay_id=int(h['stay_id']), step=t))
+        out.append(dict(prompt=prompt, completion=[dict(role='assistant', content=answer)], task=task,
+                        label=y, stay_id=int(h['stay_id']), step=t))
     return out
 
 # %% ../nbs/40_stage1_sft.ipynb
@@ -240,7 +245,8 @@ def stage1_examples(ep, # Episodes
                    ) -> list[dict]:
     "The stage-I mix: forecast, IHM and VR examples of `split`, shuffled."
     batch = logged_states(ep, split)
-    ex = [x for task in TASKS for x in dynamics_examples(ep, split, task, int(knobs[f's1_n_{task}']), derive_seed(seed, 'stage1', task),
+    ex = [x for task in TASKS for x in dynamics_examples(ep, split, task, int(knobs[f's1_n_{task}']),
+                                                         derive_seed(seed, 'stage1', task),
                                                           knobs['style'], knobs['last_k'], batch)]
     rng = np.random.default_rng(derive_seed(seed, 'stage1', 'shuffle'))
     return [ex[i] for i in rng.permutation(len(ex))]
@@ -250,37 +256,42 @@ def to_dataset(examples: list[dict], # chat examples with `prompt` and `completi
               ):
     "A `datasets.Dataset` of prompt-completion examples (label columns kept as JSON-safe values)."
     from datasets import Dataset
-    if not examples: raise ValueError(f"No {name}: the dataset would be empty (check the data sizes in the curriculum knobs)")
+    if not examples:
+        raise ValueError(f"No {name}: the dataset would be empty "
+                         f"(check the data sizes in the curriculum knobs)")
     for k in ('prompt', 'completion'):
-        if k not in examples[0]: raise ValueError(f"{name} need a `{k}` field (conversational prompt-completion format)")
+        if k not in examples[0]:
+            raise ValueError(f"{name} need a `{k}` field (conversational prompt-completion format)")
     rows = [{k: (json.dumps(v) if k == 'label' else v) for k, v in x.items()} for x in examples]
     return Dataset.from_list(rows)
 
 # %% ../nbs/40_stage1_sft.ipynb
-TRAIN_DEFAULTS = dict(epochs=1, lr=1e-3, batch=8, grad_accum=1, max_steps=-1, lr_scheduler='cosine', warmup_ratio=0.05,
-                      weight_decay=0.0, lora=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, max_length=None,
-                      gradient_checkpointing=False, logging_steps=1)
+# a direct call's defaults: the default profile's stage I
+TRAIN_DEFAULTS = train_args(curriculum_knobs(PROFILES['default']), 1)
 
 @contextlib.contextmanager
 def kept_global_state():
-    "Restore the RNG states of random, numpy, torch (and CUDA), and the datasets / transformers log settings, on exit."
+    "On exit, restore the RNG states (random, numpy, torch, CUDA) and the datasets / transformers logging."
     import datasets, transformers
     rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     bars, verb = datasets.is_progress_bar_enabled(), transformers.logging.get_verbosity()
     try: yield
     finally:
-        random.setstate(rng[0]); np.random.set_state(rng[1]); torch.set_rng_state(rng[2])
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
         if rng[3] is not None: torch.cuda.set_rng_state_all(rng[3])
         (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
         transformers.logging.set_verbosity(verb)
 
 def distributed_knobs(k: dict) -> dict:
-    "Training knobs for this process: under a launch of W processes, W times fewer accumulation steps (the same global batch)."
+    "Training knobs for this process: with W processes, W times fewer accumulation steps (same global batch)."
     _, world = launch_rank()
     if world == 1: return k
     if k['grad_accum'] % world:
-        raise ValueError(f"grad_accum ({k['grad_accum']}) must be a multiple of the {world} launched processes, so the global batch stays "
+        raise ValueError(f"grad_accum ({k['grad_accum']}) must be a multiple of the {world} launched "
+                         f"processes, so the global batch stays "
                          f"batch x grad_accum; change the stage's grad_accum knob or the number of processes")
     return k | dict(grad_accum=k['grad_accum'] // world)
 
@@ -292,8 +303,11 @@ def _bar_only_callback():
     return BarOnly()
 
 def sft_trainer(base_path: str | Path, # save_pretrained directory to start from
-                train_dataset, # datasets.Dataset: conversational prompt-completion (+ optional `tools` JSON column), or `input_ids` + `completion_mask`
-                out_dir: str | Path, # scratch directory of the trainer (nothing is saved there unless you save)
+                # datasets.Dataset: conversational prompt-completion (+ optional `tools` JSON column), or
+                # `input_ids` + `completion_mask`
+                train_dataset,
+                # scratch directory of the trainer (nothing is saved there unless you save)
+                out_dir: str | Path,
                 *, seed: int = 0, # trainer seed (data order, LoRA init)
                 **knobs, # any of TRAIN_DEFAULTS
                ):
@@ -302,10 +316,12 @@ def sft_trainer(base_path: str | Path, # save_pretrained directory to start from
     if bad: raise TypeError(f"train_sft got unknown argument(s) {bad}; known: {sorted(TRAIN_DEFAULTS)}")
     k = distributed_knobs({**TRAIN_DEFAULTS, **knobs})
     if train_dataset is None or len(train_dataset) == 0:
-        raise ValueError("`train_dataset` is empty: nothing to fine-tune on (check the example counts of the curriculum knobs)")
+        raise ValueError("`train_dataset` is empty: nothing to fine-tune on "
+                         "(check the example counts of the curriculum knobs)")
     cols = set(train_dataset.column_names)
     if not ({'prompt', 'completion'} <= cols or {'input_ids', 'completion_mask'} <= cols):
-        raise ValueError(f"`train_dataset` must have `prompt` and `completion` columns (or be pre-tokenized with `input_ids` and "
+        raise ValueError(f"`train_dataset` must have `prompt` and `completion` columns (or be pre-tokenized "
+                         f"with `input_ids` and "
                          f"`completion_mask`), got {train_dataset.column_names}")
     base_path = check_checkpoint(Path(base_path), 'base_path')
     with kept_global_state():                            # the trainer seeds the global RNGs
@@ -317,32 +333,45 @@ def _sft_trainer(base_path, train_dataset, out_dir, seed, k):
     cuda = torch.cuda.is_available()
     quiet = bool(os.environ.get('SEPSISAGENT_QUIET'))
     tok = AutoTokenizer.from_pretrained(base_path)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if cuda and k['lora'] else torch.float32)
-    cfg = SFTConfig(output_dir=str(out_dir), num_train_epochs=k['epochs'], max_steps=k['max_steps'], per_device_train_batch_size=k['batch'],
-                    gradient_accumulation_steps=k['grad_accum'], learning_rate=k['lr'], lr_scheduler_type=k['lr_scheduler'],
-                    warmup_steps=k['warmup_ratio'], weight_decay=k['weight_decay'], logging_steps=k['logging_steps'], logging_first_step=True,
-                    save_strategy='no', report_to='none', seed=int(seed) % 2**31, data_seed=int(seed) % 2**31, completion_only_loss=True,
-                    max_length=k['max_length'], activation_checkpointing=k['gradient_checkpointing'], use_cpu=not cuda,
-                    bf16=bool(cuda and torch.cuda.is_bf16_supported()), fp16=False, dataloader_num_workers=0, disable_tqdm=quiet,
-                    include_num_input_tokens_seen='non_padding', dataset_num_proc=None,
-                    ddp_find_unused_parameters=False)   # every parameter (or LoRA adapter) is used: skip DDP's extra graph walk
+    model = AutoModelForCausalLM.from_pretrained(base_path,
+                                                 dtype=torch.bfloat16 if cuda and k['lora']
+                                                 else torch.float32)
+    cfg = SFTConfig(output_dir=str(out_dir), num_train_epochs=k['epochs'], max_steps=k['max_steps'],
+                    per_device_train_batch_size=k['batch'],
+                    gradient_accumulation_steps=k['grad_accum'], learning_rate=k['lr'],
+                    lr_scheduler_type=k['lr_scheduler'],
+                    warmup_steps=k['warmup_ratio'], weight_decay=k['weight_decay'],
+                    logging_steps=k['logging_steps'], logging_first_step=True,
+                    save_strategy='no', report_to='none', seed=int(seed) % 2**31, data_seed=int(seed) % 2**31,
+                    completion_only_loss=True,
+                    max_length=k['max_length'], activation_checkpointing=k['gradient_checkpointing'],
+                    use_cpu=not cuda,
+                    bf16=bool(cuda and torch.cuda.is_bf16_supported()), fp16=False, dataloader_num_workers=0,
+                    disable_tqdm=quiet, include_num_input_tokens_seen='non_padding', dataset_num_proc=None,
+                    # every parameter (or LoRA adapter) is used: skip DDP's extra graph walk
+                    ddp_find_unused_parameters=False)
     peft_config = None
     if k['lora']:
         from peft import LoraConfig
-        peft_config = LoraConfig(r=k['lora_r'], lora_alpha=k['lora_alpha'], lora_dropout=k['lora_dropout'], target_modules='all-linear',
-                                 task_type='CAUSAL_LM')
+        peft_config = LoraConfig(r=k['lora_r'], lora_alpha=k['lora_alpha'], lora_dropout=k['lora_dropout'],
+                                 target_modules='all-linear', task_type='CAUSAL_LM')
     if quiet:
         import datasets
         datasets.disable_progress_bars()
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tok, peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback); trainer.remove_callback(ProgressCallback)
-    if not quiet: trainer.add_callback(_bar_only_callback())    # a progress bar, without a printed dict per logging step
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tok,
+                         peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not quiet:
+        # a progress bar, without a printed dict per logging step
+        trainer.add_callback(_bar_only_callback())
     return trainer, tok
 
 # %% ../nbs/40_stage1_sft.ipynb
 def prompt_lengths(dataset) -> np.ndarray:
     "Prompt tokens of each prepared example (the -100 labels before the answer)."
-    return np.array([int(np.argmax(np.asarray(lbl) != -100)) if (np.asarray(lbl) != -100).any() else len(lbl) for lbl in dataset['labels']])
+    return np.array([int(np.argmax(np.asarray(lbl) != -100)) if (np.asarray(lbl) != -100).any() else len(lbl)
+                     for lbl in dataset['labels']])
 
 @torch.no_grad()
 def probe_loss(trainer, # an `sft_trainer`
@@ -350,7 +379,8 @@ def probe_loss(trainer, # an `sft_trainer`
               ) -> float:
     "Mean answer-token loss of the trainer's model on a fixed batch of its first `n` training examples."
     ds = trainer.train_dataset
-    batch = trainer.data_collator([{k: ds[i][k] for k in ('input_ids', 'labels')} for i in range(min(n, len(ds)))])
+    batch = trainer.data_collator([{k: ds[i][k] for k in ('input_ids', 'labels')}
+                                   for i in range(min(n, len(ds)))])
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -359,7 +389,7 @@ def probe_loss(trainer, # an `sft_trainer`
     model.train(was_training)
     return float(out.loss)
 
-def train_sft(base_path: str | Path, # save_pretrained directory to start from (SepsisAgent-tiny, a stage checkpoint, Qwen3-4B)
+def train_sft(base_path: str | Path, # save_pretrained directory to start from (tiny, a stage, Qwen3-4B)
               train_dataset, # datasets.Dataset, conversational prompt-completion (`to_dataset`)
               out_dir: str | Path, # where the fine-tuned checkpoint goes (created)
               *, epochs: float = 1, # passes over the data (unless max_steps > 0)
@@ -368,7 +398,8 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
               grad_accum: int = 1, # steps per optimizer update
               max_steps: int = -1, # optimizer updates; -1: epochs decide
               lr_scheduler: str = 'cosine', warmup_ratio: float = 0.05, weight_decay: float = 0.0,
-              lora: bool = False, # True: train a LoRA adapter (saved in out_dir/adapter) and save the merged model
+              # True: train a LoRA adapter (saved in out_dir/adapter) and save the merged model
+              lora: bool = False,
               lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
               max_length: int | None = None, # truncate longer sequences (None: never)
               gradient_checkpointing: bool = False, # trade compute for memory (large models)
@@ -376,10 +407,13 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
               seed: int = 0, # data order and LoRA initialisation
               log_extra: dict | None = None, # more facts for training_log.json (data counts, ...)
              ) -> dict:
-    "Supervised fine-tuning with TRL (loss on the answers only); saves the checkpoint and training_log.json in `out_dir`."
-    kn = dict(epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, max_steps=max_steps, lr_scheduler=lr_scheduler,
-              warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-              max_length=max_length, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps)
+    "Supervised fine-tuning with TRL (loss on answers only); checkpoint and training_log.json to `out_dir`."
+    kn = dict(epochs=epochs, lr=lr, batch=batch, grad_accum=grad_accum, max_steps=max_steps,
+              lr_scheduler=lr_scheduler,
+              warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora, lora_r=lora_r,
+              lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+              max_length=max_length, gradient_checkpointing=gradient_checkpointing,
+              logging_steps=logging_steps)
     out = Path(out_dir)
     scratch = Path(tempfile.mkdtemp(prefix='sft-'))
     try:
@@ -395,23 +429,29 @@ def train_sft(base_path: str | Path, # save_pretrained directory to start from (
             trainer.train()
             seconds = time.time() - t0
             after = probe_loss(trainer)
-            main = trainer.accelerator.is_main_process           # under a distributed launch only rank 0 writes
+            # under a distributed launch only rank 0 writes
+            main = trainer.accelerator.is_main_process
             model = trainer.model
             if main: out.mkdir(parents=True, exist_ok=True)
             if lora:
                 if main: model.save_pretrained(out / 'adapter')
                 model = model.merge_and_unload()
-            if main: model.save_pretrained(out); tok.save_pretrained(out)
+            if main:
+                model.save_pretrained(out)
+                tok.save_pretrained(out)
             st = trainer.state
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     hist = [dict(h) for h in st.log_history]
-    log = dict(base=str(base_path), knobs=kn, seed=int(seed), n_examples=len(ds), steps=int(st.global_step), epochs_done=float(st.epoch or 0),
-               train_seconds=seconds, prepare_seconds=t_prep,
-               tokens=dict(total=n_tok, answer=n_ans, seen=int(st.num_input_tokens_seen or 0), max_sequence=int(max(len(x) for x in ds['input_ids']))),
+    log = dict(base=str(base_path), knobs=kn, seed=int(seed), n_examples=len(ds), steps=int(st.global_step),
+               epochs_done=float(st.epoch or 0), train_seconds=seconds, prepare_seconds=t_prep,
+               tokens=dict(total=n_tok, answer=n_ans, seen=int(st.num_input_tokens_seen or 0),
+                           max_sequence=int(max(len(x) for x in ds['input_ids']))),
                losses=[dict(step=int(h['step']), loss=float(h['loss'])) for h in hist if 'loss' in h],
                probe_loss_before=before, probe_loss_after=after, log_history=hist, **(log_extra or {}))
-    if main: (out / 'training_log.json').write_text(json.dumps(log | dict(processes=launch_rank()[1]), indent=1, default=str))
+    if main:
+        (out / 'training_log.json').write_text(json.dumps(log | dict(processes=launch_rank()[1]),
+                                                          indent=1, default=str))
     return log
 
 # %% ../nbs/40_stage1_sft.ipynb
@@ -421,22 +461,26 @@ def render_chat(tokenizer, # with a chat template
                 generation_prompt: bool = True, # end with an open assistant turn
                ) -> str:
     "`messages` through the tokenizer's chat template, as text."
-    if not getattr(tokenizer, 'chat_template', None): raise ValueError(f"{type(tokenizer).__name__} has no chat template")
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+    if not getattr(tokenizer, 'chat_template', None):
+        raise ValueError(f"{type(tokenizer).__name__} has no chat template")
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
 
 def answer_token_ids(tokenizer) -> tuple:
     "(id of the first token of 'yes', of 'no'); they must differ."
     y, n = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ('yes', 'no'))
-    if y == n: raise ValueError("'yes' and 'no' start with the same token: P(yes) is undefined for this tokenizer")
+    if y == n:
+        raise ValueError("'yes' and 'no' start with the same token: P(yes) is undefined for this tokenizer")
     return y, n
 
 @torch.inference_mode()
 def yes_probability(tokenizer, # with a chat template
                     model, # causal LM
                     prompts: list, # [system, user] conversations
-                    batch_size: int | None = None, # prompts per forward pass; None: 1 on a CPU (fastest there), 16 on a GPU
+                    # prompts per forward pass; None: 1 on a CPU (fastest there), 16 on a GPU
+                    batch_size: int | None = None,
                    ) -> np.ndarray:
-    "[N] P(yes) = softmax over the first answer token of 'yes' vs 'no' (one forward pass, batched, left-padded)."
+    "[N] P(yes): softmax of the first answer token over 'yes' vs 'no' (one batched forward pass)."
     y, n = answer_token_ids(tokenizer)
     texts = [render_chat(tokenizer, p) for p in prompts]
     order = np.argsort([len(t) for t in texts], kind='stable')
@@ -445,20 +489,24 @@ def yes_probability(tokenizer, # with a chat template
     batch_size = batch_size or (16 if dev.type == 'cuda' else 1)
     for b in range(0, len(texts), batch_size):
         idx = order[b:b + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(dev)
+        enc = tokenizer([texts[i] for i in idx], return_tensors='pt', padding=True, padding_side='left',
+                        add_special_tokens=False).to(dev)
         pos = (enc['attention_mask'].cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'], position_ids=pos, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'], position_ids=pos,
+                       logits_to_keep=1).logits[:, -1]
         out[idx] = torch.softmax(logits[:, [y, n]].float(), -1)[:, 0].cpu().numpy()
     return out
 
 def generate_greedy(tokenizer, model, prompts: list, # conversations ending before the answer
                     max_new_tokens: int = 128, batch_size: int = 16, tools: list | None = None) -> list[str]:
-    "Greedy answers (special tokens dropped): `TransformersBackend.from_model` at temperature 0; a failed generation raises."
+    "Greedy answers without special tokens (`TransformersBackend.from_model`, temperature 0); failures raise."
     from sepsisagent.backends import TransformersBackend
     be = TransformersBackend.from_model(model, tokenizer, batch_size=batch_size, stop=(), name='greedy')
     replies = be.chat(prompts, tools, max_new_tokens=max_new_tokens, temperature=0.0)
     bad = [(i, r.error) for i, r in enumerate(replies) if r.error]
-    if bad: raise RuntimeError(f"generation failed for {len(bad)} prompt(s), e.g. prompt {bad[0][0]}: {bad[0][1]}")
+    if bad:
+        raise RuntimeError(f"generation failed for {len(bad)} prompt(s), "
+                           f"e.g. prompt {bad[0][0]}: {bad[0][1]}")
     return [r.text for r in replies]
 
 # %% ../nbs/40_stage1_sft.ipynb
@@ -469,7 +517,7 @@ def outcome_prompts(ep, # Episodes
                     seed: int, # which decisions
                     style: str = 'compact', last_k: int | None = 3,
                    ) -> tuple:
-    "(prompts, labels): [system, user] conversations asking the yes/no question at random decisions of `split`, and the answers."
+    "(prompts, labels): [system, user] chats asking the yes/no question at random decisions; answers."
     if task not in ('ihm', 'vr'): raise ValueError(f"`task` must be 'ihm' or 'vr', got {task!r}")
     ex = dynamics_examples(ep, split, task, n, seed, style, last_k)
     return [x['prompt'] for x in ex], np.array([x['label'] for x in ex], bool)
@@ -487,7 +535,7 @@ def outcome_metrics(path: str | Path, # checkpoint directory
                     style: str = 'compact', last_k: int | None = 3,
                     batch_size: int | None = None, device: str = 'cpu',
                    ) -> dict:
-    "IHM and VR AUROC / AUPRC (0-1, sklearn) of the model's P(yes) at `n` random decisions of `split`, with n and prevalences."
+    "IHM and VR AUROC / AUPRC (0-1) of the model's P(yes) at `n` random decisions, with prevalences."
     from sepsisagent.tinylm import load_tiny
     t0 = time.time()
     tok, model = load_tiny(path, device)
@@ -509,7 +557,7 @@ def forecast_mae(path: str | Path, # checkpoint directory
                  max_new_tokens: int | None = None, # None: the longest reference answer + 16 tokens
                  batch_size: int = 16, device: str = 'cpu',
                 ) -> pd.DataFrame:
-    "Per feature: MAE of the model's greedy forecast (clinical units) and of last-value-carried-forward on the answers that parsed."
+    "Per feature: MAE (clinical units) of the greedy forecast and of last value carried forward."
     from sepsisagent.tinylm import load_tiny
     t0 = time.time()
     tok, model = load_tiny(path, device)
@@ -517,34 +565,41 @@ def forecast_mae(path: str | Path, # checkpoint directory
     ex = dynamics_examples(ep, split, 'forecast', n, derive_seed(seed, 'forecast'), style, last_k, batch)
     if not ex: raise ValueError(f"No forecast decisions in the {split!r} split")
     if max_new_tokens is None:
-        max_new_tokens = max(len(tok.encode(x['completion'][0]['content'], add_special_tokens=False)) for x in ex) + 16
+        max_new_tokens = max(len(tok.encode(x['completion'][0]['content'],
+                                            add_special_tokens=False)) for x in ex) + 16
     answers = generate_greedy(tok, model, [x['prompt'] for x in ex], max_new_tokens, batch_size)
     parsed = [parse_forecast(a, style) for a in answers]
     ok = [i for i, p in enumerate(parsed) if p is not None]
     idx = pd.MultiIndex.from_arrays([[x['stay_id'] for x in ex], [x['step'] for x in ex]])
     st = pd.Index(batch.stay_id)
-    e = st.get_indexer(idx.get_level_values(0)); t = idx.get_level_values(1).to_numpy()
+    e = st.get_indexer(idx.get_level_values(0))
+    t = idx.get_level_values(1).to_numpy()
     rows = []
     for f in FORECAST_FEATURES:
         j = FEATURES.index(f)
         true, last = batch.raw[e, t + 1, j].astype(float), batch.raw[e, t, j].astype(float)
         pred = np.array([parsed[i][f] for i in ok])
-        rows.append(dict(feature=f, label=label(f, style), model_mae=float(np.abs(pred - true[ok]).mean()) if ok else float('nan'),
+        rows.append(dict(feature=f, label=label(f, style),
+                         model_mae=float(np.abs(pred - true[ok]).mean()) if ok else float('nan'),
                          lvcf_mae=float(np.abs(last[ok] - true[ok]).mean()) if ok else float('nan'),
                          lvcf_mae_all=float(np.abs(last - true).mean())))
     df = pd.DataFrame(rows)
     df['n_parsed'], df['n'] = len(ok), len(ex)
     df['parsed_pct'] = 100.0 * len(ok) / len(ex)
-    df.attrs.update(n=len(ex), n_parsed=len(ok), seconds=time.time() - t0, max_new_tokens=max_new_tokens, example_answer=answers[0])
+    df.attrs.update(n=len(ex), n_parsed=len(ok), seconds=time.time() - t0, max_new_tokens=max_new_tokens,
+                    example_answer=answers[0])
     return df
 
 # %% ../nbs/40_stage1_sft.ipynb
 def checkpoint_inputs(path: str | Path) -> dict:
-    "What identifies a checkpoint for a cache key: its provenance (built here) or its files' sizes and times (downloaded)."
+    "A checkpoint's cache key: its provenance (built here) or its files' sizes and times (downloaded)."
     p = Path(path)
     meta = read_meta(p)
-    if meta is not None: return dict(inputs=upstream_key(p))     # not its path or build time: a clone elsewhere is the same model
-    return dict(name=p.name, files=digest({f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()}))
+    if meta is not None:
+        # not its path or build time: a clone elsewhere is the same model
+        return dict(inputs=upstream_key(p))
+    return dict(name=p.name, files=digest({f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                                           for f in sorted(p.iterdir()) if f.is_file()}))
 
 def episodes_inputs(prof: Profile) -> dict:
     "The episodes' provenance, for cache keys."
@@ -552,26 +607,29 @@ def episodes_inputs(prof: Profile) -> dict:
 
 def library_versions() -> dict:
     import transformers, trl, peft, datasets
-    return dict(torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__, peft=peft.__version__,
-                datasets=datasets.__version__)
+    return dict(torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__,
+                peft=peft.__version__, datasets=datasets.__version__)
 
 def load_or_train_stage1(profile: Profile | str | None = None, # profile (name)
-                         base_model: str | Path | None = None, # None: SepsisAgent-tiny; else a save_pretrained directory
+                         # None: SepsisAgent-tiny; else a save_pretrained directory
+                         base_model: str | Path | None = None,
                          force: bool = False, # retrain even if a checkpoint from the same inputs exists
                          **overrides) -> Path:
-    "The stage-I checkpoint (results/<profile>/models/stage1), trained with `train_sft` when missing or stale."
+    "The stage-I checkpoint (results/<profile>/models/stage1), trained by `train_sft` if missing or stale."
     from sepsisagent.episodes import load_or_build_episodes
     prof = get_profile(profile)
     knobs = curriculum_knobs(prof, **overrides)
     base = base_model_path(prof, base_model)
     ep = load_or_build_episodes(prof)
-    inputs = dict(code=module_fingerprint('sepsisagent.sft'), prompts=module_fingerprint('sepsisagent.prompts'), knobs=stage_knobs(knobs, 1),
+    inputs = dict(code=module_fingerprint('sepsisagent.sft'),
+                  prompts=module_fingerprint('sepsisagent.prompts'), knobs=stage_knobs(knobs, 1),
                   base=checkpoint_inputs(base), episodes=episodes_inputs(prof), libraries=library_versions())
     def build(tmp):
         t0 = time.time()
         ex = stage1_examples(ep, knobs, derive_seed(prof.seed, 'stage1', 'data'))
         data = to_dataset(ex, 'stage-I examples')
         counts = pd.Series([x['task'] for x in ex]).value_counts().to_dict()
-        train_sft(base, data, tmp, **train_args(knobs, 1), seed=derive_seed(prof.seed, 'stage1', 'train') % 2**31,
+        train_sft(base, data, tmp, **train_args(knobs, 1),
+                  seed=derive_seed(prof.seed, 'stage1', 'train') % 2**31,
                   log_extra=dict(stage=1, task_counts=counts, data_seconds=time.time() - t0))
     return build_once(stage_dir(prof, 1), build, provenance(prof, **inputs), force=force)

@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .synthicu import FEATURES
 from .safety import MAP_TARGET, LACTATE_HIGH, RULES, guideline_checks, hypoperfused
 from .baselines import Policy, StateBatch, action_index, action_levels, N_LEVELS, env_state_batch
 from .ope import N_ACTIONS, one_hot
 from .env import SepsisEnv, state_sofa, shaped_reward, SOFA_WINDOW
 from .worldmodel import URINE, destandardize, expected_next, two_hot
-from .prompts import fmt_value
-from .agent import (Backend, Reply, ParseFailure, tool_call_text,
-                               parse_simulation_candidates, _json, state_digest, MAX_CANDIDATES)
+from .prompts import fmt_value, MAP_IDX, LACTATE_IDX
+from .agent import (Backend, Reply, ParseFailure, tool_call_text, parse_simulation_candidates,
+                               json_or_error, state_digest, MAX_CANDIDATES)
 
 # %% auto 0
 __all__ = ['RATIONALES', 'allowed_actions', 'propose_candidates', 'candidate_scores', 'env_current', 'lookahead',
@@ -26,7 +25,6 @@ __all__ = ['RATIONALES', 'allowed_actions', 'propose_candidates', 'candidate_sco
 
 # %% ../nbs/34_teacher.ipynb
 _ACTS = action_levels(np.arange(N_ACTIONS))          # [25, 2] the levels of action index 5 v + f
-_MAP, _LAC = FEATURES.index('meanbp'), FEATURES.index('lactate')
 
 def allowed_actions(meanbp, # [N] MAP the prescriber sees, mmHg
                     lactate, # [N] lactate, mmol/L
@@ -36,10 +34,12 @@ def allowed_actions(meanbp, # [N] MAP the prescriber sees, mmHg
                    ) -> np.ndarray:
     "[N, 25] True where the action violates none of `safety.RULES`."
     m, l = np.asarray(meanbp, float)[:, None], np.asarray(lactate, float)[:, None]
-    pv, fb, st = np.asarray(prev_vaso)[:, None], np.asarray(fluid_before, bool)[:, None], np.asarray(step)[:, None]
+    pv, fb = np.asarray(prev_vaso)[:, None], np.asarray(fluid_before, bool)[:, None]
+    st = np.asarray(step)[:, None]
     v, f = _ACTS[None, :, 0], _ACTS[None, :, 1]
     hypo, low = hypoperfused(m, l), m < MAP_TARGET
-    bad = (hypo & (v == 0) & (f == 0)) | (~low & (v > pv)) | ((st == 0) & hypo & (f == 0)) | (low & fb & (v == 0)) | (low & (pv > 0) & (v < pv))
+    bad = ((hypo & (v == 0) & (f == 0)) | (~low & (v > pv)) | ((st == 0) & hypo & (f == 0))
+           | (low & fb & (v == 0)) | (low & (pv > 0) & (v < pv)))
     return ~bad
 
 # %% ../nbs/34_teacher.ipynb
@@ -49,25 +49,29 @@ def propose_candidates(probs, # [N, 25] behaviour-policy probabilities
                        allowed, # [N, 25] `allowed_actions`
                        k: int = MAX_CANDIDATES, # candidates per decision
                       ) -> np.ndarray:
-    "[N, k, 2] candidates: the most likely allowed action, then its nearest allowed neighbours (by L1 level distance, then probability)."
+    "[N, k, 2] candidates: the likeliest allowed action, then its nearest allowed ones (L1, probability)."
     p, ok = np.asarray(probs, float), np.asarray(allowed, bool)
-    if p.shape != ok.shape or p.shape[1] != N_ACTIONS: raise ValueError(f"probs and allowed must both be [N, {N_ACTIONS}]")
+    if p.shape != ok.shape or p.shape[1] != N_ACTIONS:
+        raise ValueError(f"probs and allowed must both be [N, {N_ACTIONS}]")
     if not ok.any(1).all(): raise ValueError("every decision needs at least one allowed action")
     first = np.where(ok, p, -1).argmax(1)                                   # ties -> lowest index
     key = _DIST[first] * 10.0 - p + np.where(ok, 0, np.inf)                 # nearer first, then more likely
     key[np.arange(len(p)), first] = -np.inf
     order = np.argsort(key, 1, kind='stable')[:, :k]
     n_ok = np.minimum(ok.sum(1), k)
-    order = np.where(np.arange(k)[None] < n_ok[:, None], order, first[:, None])   # too few allowed: repeat the first
+    # too few allowed: repeat the first
+    order = np.where(np.arange(k)[None] < n_ok[:, None], order, first[:, None])
     return _ACTS[order]
 
 # %% ../nbs/34_teacher.ipynb
-def candidate_scores(sofa_now, sofa_next, lactate_now, lactate_next, # [N, K] SOFA and lactate now and predicted
+def candidate_scores(sofa_now, sofa_next, lactate_now,
+                     lactate_next, # [N, K] SOFA and lactate now and predicted
                      p_death, # [N, K] outcome-model P(death) with each candidate
                      mortality_weight: float = 1.0, # weight of the expected terminal reward 15 - 30 p
                     ) -> dict:
     "Shaped reward, expected terminal reward and their weighted sum for every candidate."
-    r = shaped_reward(np.asarray(sofa_now, float), np.asarray(sofa_next, float), np.asarray(lactate_now, float), np.asarray(lactate_next, float))
+    r = shaped_reward(np.asarray(sofa_now, float), np.asarray(sofa_next, float),
+                      np.asarray(lactate_now, float), np.asarray(lactate_next, float))
     term = 15.0 - 30.0 * np.asarray(p_death, float)
     return dict(reward=r, terminal=term, score=r + mortality_weight * term)
 
@@ -78,26 +82,30 @@ def env_current(env: SepsisEnv, # the environment
     "MAP, lactate, SOFA and step of the current state of env rows `rows`."
     rows = np.asarray(rows, np.int64)
     t = np.minimum(env.t[rows], env.length[rows] - 1)
-    return dict(t=t, meanbp=env.raw[rows, t, _MAP], lactate=env.raw[rows, t, _LAC], sofa=env._sofa(rows, t))
+    return dict(t=t, meanbp=env.raw[rows, t, MAP_IDX], lactate=env.raw[rows, t, LACTATE_IDX],
+                sofa=env._sofa(rows, t))
 
 def lookahead(env: SepsisEnv, # the environment, at the step of the decisions
               rows, # [B] distinct env rows
               cands, # [B, K, 2] candidates of each row
               mortality_weight: float = 1.0,
              ) -> dict:
-    "Predicted MAP, lactate, SOFA, P(death) and scores [B, K] of each row's candidates (one simulate, one mortality call)."
+    "Predicted MAP, lactate, SOFA, P(death), scores [B, K] of each candidate (one simulate, one mortality)."
     rows, cands = np.asarray(rows, np.int64), np.asarray(cands, np.int64)
     if len(set(rows.tolist())) != len(rows): raise ValueError("lookahead needs distinct env rows")
     B, K = cands.shape[:2]
-    full = np.full((env.num_envs, K, 2), -1, np.int64); full[rows] = cands
+    full = np.full((env.num_envs, K, 2), -1, np.int64)
+    full[rows] = cands
     sim = env.simulate(full)
     raw = sim['raw'][rows]
     now = env_current(env, rows)
     W = env.wm.cfg.outcome_window
     p = env.wm.mortality(*env._windows(np.repeat(rows, K), cands.reshape(-1, 2), W)).numpy().reshape(B, K)
-    sc = candidate_scores(np.repeat(now['sofa'][:, None], K, 1), sim['sofa'][rows], np.repeat(now['lactate'][:, None], K, 1),
-                          raw[..., _LAC], p, mortality_weight)
-    return dict(now=now, raw=raw, meanbp=raw[..., _MAP], lactate=raw[..., _LAC], sofa=sim['sofa'][rows], p_death=p, **sc)
+    sc = candidate_scores(np.repeat(now['sofa'][:, None], K, 1), sim['sofa'][rows],
+                          np.repeat(now['lactate'][:, None], K, 1),
+                          raw[..., LACTATE_IDX], p, mortality_weight)
+    return dict(now=now, raw=raw, meanbp=raw[..., MAP_IDX], lactate=raw[..., LACTATE_IDX],
+                sofa=sim['sofa'][rows], p_death=p, **sc)
 
 # %% ../nbs/34_teacher.ipynb
 def rationale_text(cands, # [K, 2] the candidates, in the order simulated
@@ -106,25 +114,29 @@ def rationale_text(cands, # [K, 2] the candidates, in the order simulated
                   ) -> str:
     "A short explanation of the choice citing the simulated MAP, lactate and SOFA of every candidate."
     n = look['now']
-    fm = lambda x: fmt_value(float(x), 'meanbp'); fl = lambda x: fmt_value(float(x), 'lactate')
+    fm = lambda x: fmt_value(float(x), 'meanbp')
+    fl = lambda x: fmt_value(float(x), 'lactate')
     lines = [f"Now: MAP {fm(n['meanbp'])} mmHg, lactate {fl(n['lactate'])} mmol/L, SOFA {int(n['sofa'])}. "
              "One-step world-model lookahead (4 h):"]
     for i, (v, f) in enumerate(cands):
-        lines.append(f"- [{int(v)},{int(f)}]: MAP {fm(look['meanbp'][i])}, lactate {fl(look['lactate'][i])}, SOFA {int(look['sofa'][i])}, "
-                     f"P(death) {look['p_death'][i]:.2f}, shaped reward {look['reward'][i]:+.2f}, score {look['score'][i]:+.2f}")
+        lines.append(f"- [{int(v)},{int(f)}]: MAP {fm(look['meanbp'][i])}, lactate {fl(look['lactate'][i])}, "
+                     f"SOFA {int(look['sofa'][i])}, P(death) {look['p_death'][i]:.2f}, shaped reward "
+                     f"{look['reward'][i]:+.2f}, score {look['score'][i]:+.2f}")
     others = [j for j in range(len(cands)) if j != best and tuple(cands[j]) != tuple(cands[best])]
     v, f = (int(x) for x in cands[best])
     why = (f"[{v},{f}] has the best score" + (": " + "; ".join(
-        f"vs [{int(cands[j][0])},{int(cands[j][1])}] SOFA {int(look['sofa'][best])} vs {int(look['sofa'][j])}, "
-        f"lactate {fl(look['lactate'][best])} vs {fl(look['lactate'][j])}, MAP {fm(look['meanbp'][best])} vs {fm(look['meanbp'][j])}"
+        f"vs [{int(cands[j][0])},{int(cands[j][1])}] SOFA {int(look['sofa'][best])} vs "
+        f"{int(look['sofa'][j])}, lactate {fl(look['lactate'][best])} vs {fl(look['lactate'][j])}, MAP "
+        f"{fm(look['meanbp'][best])} vs {fm(look['meanbp'][j])}"
         for j in others) if others else "") + ". All options follow the clinical protocols.")
     return "\n".join(lines + [why])
 
 def short_rationale(cands, look: dict, best: int) -> str:
-    "One line: the chosen candidate and its simulated SOFA, lactate and MAP (the demonstrations a small model clones)."
+    "One line: the chosen candidate and its simulated SOFA, lactate and MAP (what a small model clones)."
     v, f = (int(x) for x in cands[best])
-    return (f"Best simulated: [{v},{f}], SOFA {int(look['sofa'][best])}, lactate {fmt_value(float(look['lactate'][best]), 'lactate')}, "
-            f"MAP {fmt_value(float(look['meanbp'][best]), 'meanbp')}.")
+    return (f"Best simulated: [{v},{f}], SOFA {int(look['sofa'][best])}, lactate "
+            f"{fmt_value(float(look['lactate'][best]), 'lactate')}, MAP "
+            f"{fmt_value(float(look['meanbp'][best]), 'meanbp')}.")
 
 RATIONALES = dict(full=rationale_text, short=short_rationale)
 
@@ -135,22 +147,25 @@ def _last_candidates(conv: list) -> list | None:
         if m.get('role') == 'assistant' and m.get('tool_calls'):
             fn = m['tool_calls'][0]['function']
             if fn.get('name') != 'simulation': return None
-            args, err = _json(fn['arguments'])
+            args, err = json_or_error(fn['arguments'])
             c = parse_simulation_candidates(args) if err is None else None
             return None if isinstance(c, ParseFailure) else c
     return None
 
 class WorldModelTeacher(Backend):
-    "A non-LLM planner over the agent protocol: propose 3 candidates, simulate, prescribe the best by world-model lookahead."
+    "A planner without a language model: propose 3 candidates, simulate, prescribe the best by lookahead."
     def __init__(self, env: SepsisEnv, # the environment the loop runs (its world model scores the candidates)
                  behaviour: Policy, # proposes the first candidate (the clinicians' behaviour policy)
                  mortality_weight: float = 1.0, # weight of the outcome model's expected terminal reward
                  name: str = 'teacher',
-                 rationale: str = 'full', # 'full' (every candidate's numbers) or 'short' (one line: what a small model clones)
+                 rationale: str = 'full', # 'full' (every candidate's numbers) or 'short' (one line)
                 ):
-        if rationale not in RATIONALES: raise ValueError(f"rationale must be one of {sorted(RATIONALES)}, got {rationale!r}")
-        self.env, self.behaviour, self.mortality_weight, self.name, self.rationale = env, behaviour, mortality_weight, name, rationale
-        self.own = {}                           # (stay_id, sample) -> {step: (v, f)} the teacher's prescriptions
+        if rationale not in RATIONALES:
+            raise ValueError(f"rationale must be one of {sorted(RATIONALES)}, got {rationale!r}")
+        self.env, self.behaviour, self.mortality_weight = env, behaviour, mortality_weight
+        self.name, self.rationale = name, rationale
+        # (stay_id, sample) -> {step: (v, f)} the teacher's prescriptions
+        self.own = {}
         self.n_calls = self.n_proposals = self.n_prescriptions = 0
 
     @property
@@ -160,7 +175,7 @@ class WorldModelTeacher(Backend):
                     behaviour=state_digest(self.behaviour))
 
     def _history(self, rows, samples, t):
-        "prev_vaso and fluid_before of each decision from the teacher's own prescriptions (env actions where it has none)."
+        "prev_vaso and fluid_before of each decision, from the teacher's own prescriptions (else the env's)."
         pv, fb = np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
         for i, (r, s, k) in enumerate(zip(rows, samples, t)):
             own = self.own.get((int(self.env.stay_id[r]), int(s)), {})
@@ -177,71 +192,90 @@ class WorldModelTeacher(Backend):
         ok = allowed_actions(now['meanbp'], now['lactate'], pv, fb, now['t'])
         return propose_candidates(self.behaviour.action_probs(env_state_batch(self.env, rows)), ok)
 
-    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None, context=None):
+    def _propose(self, asks: list, out: list):
+        "Answer each (index, context) of `asks` with a simulation call of its three candidates."
+        cands = self.propose([x['env_row'] for _, x in asks], [x.get('sample', 0) for _, x in asks])
+        for (i, _), c in zip(asks, cands):
+            self.n_proposals += 1
+            text = ("Simulating the clinicians' most likely treatment and two "
+                    "guideline-compliant neighbours.\n")
+            out[i] = Reply(text + tool_call_text('simulation', actions=[f"[{v},{f}]" for v, f in c]),
+                           finish_reason='tool_calls')
+
+    def _prescribe(self, batch: list, out: list):
+        "Answer each (index, context, candidates) of `batch` (distinct env rows) with its best candidate."
+        K = max(len(c) for _, _, c in batch)
+        cands = np.array([c + [c[0]] * (K - len(c)) for _, _, c in batch], np.int64)
+        look = lookahead(self.env, [x['env_row'] for _, x, _ in batch], cands, self.mortality_weight)
+        for j, (i, x, c) in enumerate(batch):
+            row = {k: (v[j] if k != 'now' else {kk: vv[j] for kk, vv in v.items()}) for k, v in look.items()}
+            best = int(np.argmax(row['score'][:len(c)]))       # ties -> the earlier (the behaviour's first)
+            v, f = c[best]
+            own = self.own.setdefault((int(self.env.stay_id[x['env_row']]), int(x.get('sample', 0))), {})
+            own[int(row['now']['t'])] = (v, f)
+            self.n_prescriptions += 1
+            out[i] = Reply(RATIONALES[self.rationale](c, row, best) + "\n"
+                           + tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)),
+                           finish_reason='tool_calls')
+
+    def chat(self, conversations, tools=None, *, max_new_tokens=512, temperature=0.7, top_p=0.95, seed=None,
+             context=None):
         self.n_calls += 1
         if context is None or len(context) != len(conversations):
             return [Reply('', finish_reason='error', error='no_context') for _ in conversations]
-        out = [None] * len(conversations)
-        score, prop = [], []
+        out, score, prop = [None] * len(conversations), [], []
         for i, (conv, ctx) in enumerate(zip(conversations, context)):
             last = conv[-1] if conv else {}
-            c = _last_candidates(conv) if last.get('role') == 'tool' and last.get('name') == 'simulation' else None
-            (score if c is not None else prop).append((i, ctx, c))
-        if prop:
-            cands = self.propose([x['env_row'] for _, x, _ in prop], [x.get('sample', 0) for _, x, _ in prop])
-            for (i, _, _), c in zip(prop, cands):
-                self.n_proposals += 1
-                out[i] = Reply("Simulating the clinicians' most likely treatment and two guideline-compliant neighbours.\n" +
-                               tool_call_text('simulation', actions=[f"[{v},{f}]" for v, f in c]), finish_reason='tool_calls')
-        while score:                                                  # one lookahead per distinct env row at a time
-            seen, now_, later = set(), [], []
-            for x in score: (later if x[1]['env_row'] in seen else now_).append(x); seen.add(x[1]['env_row'])
-            K = max(len(c) for _, _, c in now_)
-            cands = np.array([c + [c[0]] * (K - len(c)) for _, _, c in now_], np.int64)
-            look = lookahead(self.env, [x['env_row'] for _, x, _ in now_], cands, self.mortality_weight)
-            for j, (i, x, c) in enumerate(now_):
-                row = {k: (v[j] if k != 'now' else {kk: vv[j] for kk, vv in v.items()}) for k, v in look.items()}
-                best = int(np.argmax(row['score'][:len(c)]))          # ties -> the earlier (the behaviour's choice first)
-                v, f = c[best]
-                self.own.setdefault((int(self.env.stay_id[x['env_row']]), int(x.get('sample', 0))), {})[int(row['now']['t'])] = (v, f)
-                self.n_prescriptions += 1
-                out[i] = Reply(RATIONALES[self.rationale](c, row, best) + "\n" + tool_call_text('prescription', vasopressor=int(v), iv_fluid=int(f)),
-                               finish_reason='tool_calls')
+            answered = last.get('role') == 'tool' and last.get('name') == 'simulation'
+            c = _last_candidates(conv) if answered else None
+            if c is None: prop.append((i, ctx))
+            else: score.append((i, ctx, c))
+        if prop: self._propose(prop, out)
+        while score:                                          # one lookahead per distinct env row at a time
+            rows, now, later = set(), [], []
+            for x in score:
+                (later if x[1]['env_row'] in rows else now).append(x)
+                rows.add(x[1]['env_row'])
+            self._prescribe(now, out)
             score = later
         return out
 
 # %% ../nbs/34_teacher.ipynb
-_TWO_HOT = two_hot(action_levels(np.arange(N_ACTIONS))).numpy()     # [25, 10] the world model's action input of each action index
+# [25, 10] the world model's action input of each action index
+_TWO_HOT = two_hot(action_levels(np.arange(N_ACTIONS))).numpy()
 
 def batch_windows(batch: StateBatch, # the decisions
                   actions, # [N, 2] the action at each decision's step
                   W: int, # window length
                  ) -> tuple:
-    "World-model windows (obs, masks, static, two-hot actions) of W steps ending at each decision, zeros before admission."
+    "World-model windows (obs, masks, static, two-hot actions) of W steps to each decision; zeros before t=0."
     a = np.asarray(actions, np.int64)
     steps = batch.t[:, None] + np.arange(-W + 1, 1)
     valid = (steps >= 0)[..., None].astype(np.float32)
     s, e = np.maximum(steps, 0), batch.episode[:, None]
     acts = batch.actions[e, s[:, :-1]]
-    two = np.concatenate([_TWO_HOT[5 * acts[..., 0] + acts[..., 1]] * valid[:, :-1], _TWO_HOT[5 * a[:, 0] + a[:, 1]][:, None]], 1)
+    two = np.concatenate([_TWO_HOT[5 * acts[..., 0] + acts[..., 1]] * valid[:, :-1],
+                          _TWO_HOT[5 * a[:, 0] + a[:, 1]][:, None]], 1)
     return tuple(torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in
                  (batch.z[e, s] * valid, batch.masks[e, s] * valid, batch.static[batch.episode], two))
 
 class TeacherPolicy(Policy):
-    "The world-model teacher as a deterministic `Policy` over any `StateBatch` (mean one-step prediction, no env needed)."
+    "The world-model teacher as a deterministic `Policy` of any `StateBatch` (mean one-step prediction)."
     deterministic = True
     def __init__(self, wm, # WorldModel
                  scalers, # the episodes' scalers (ep.scalers)
                  behaviour: Policy, # proposes the first candidate
                  mortality_weight: float = 1.0, name: str = 'WM teacher'):
-        self.wm, self.scalers, self.behaviour, self.mortality_weight, self.name = wm, scalers, behaviour, mortality_weight, name
+        self.wm, self.scalers, self.behaviour = wm, scalers, behaviour
+        self.mortality_weight, self.name = mortality_weight, name
 
     def candidates(self, batch: StateBatch) -> np.ndarray:
         "[N, 3, 2] the backend's proposal at each decision, the history read from `batch.actions`."
         raw = batch.current_raw
-        hist = np.where((np.arange(batch.actions.shape[1])[None] < batch.t[:, None])[..., None], batch.actions[batch.episode], 0)
+        hist = np.where((np.arange(batch.actions.shape[1])[None] < batch.t[:, None])[..., None],
+                        batch.actions[batch.episode], 0)
         fb = (hist[..., 1] >= 1).any(1)
-        ok = allowed_actions(raw[:, _MAP], raw[:, _LAC], batch.prev_action[:, 0], fb, batch.t)
+        ok = allowed_actions(raw[:, MAP_IDX], raw[:, LACTATE_IDX], batch.prev_action[:, 0], fb, batch.t)
         return propose_candidates(self.behaviour.action_probs(batch), ok)
 
     def lookahead(self, batch: StateBatch, cands) -> dict:
@@ -257,12 +291,15 @@ class TeacherPolicy(Policy):
         t = rep.t
         steps = t[:, None] + np.arange(-SOFA_WINDOW + 1, 1)
         urine_now = np.where(steps >= 0, rep.raw[rep.episode[:, None], np.maximum(steps, 0), URINE], 0.0)
-        sofa_now = state_sofa(rep.current_raw.astype(float), urine_now, t, vent, rep.prev_action[:, 0])['sofa_total']
+        sofa_now = state_sofa(rep.current_raw.astype(float), urine_now, t, vent,
+                              rep.prev_action[:, 0])['sofa_total']
         urine_next = np.concatenate([urine_now[:, 1:], nxt[:, None, URINE]], 1)
         sofa_next = state_sofa(nxt, urine_next, t + 1, vent, flat[:, 0])['sofa_total']
         pd_ = self.wm.mortality(*batch_windows(rep, flat, self.wm.cfg.outcome_window)).numpy()
-        sc = candidate_scores(sofa_now, sofa_next, rep.current_raw[:, _LAC], nxt[:, _LAC], pd_, self.mortality_weight)
-        return {k: v.reshape(N, K) for k, v in dict(sofa=sofa_next, lactate=nxt[:, _LAC], meanbp=nxt[:, _MAP], p_death=pd_, **sc).items()}
+        sc = candidate_scores(sofa_now, sofa_next, rep.current_raw[:, LACTATE_IDX], nxt[:, LACTATE_IDX], pd_,
+                              self.mortality_weight)
+        out = dict(sofa=sofa_next, lactate=nxt[:, LACTATE_IDX], meanbp=nxt[:, MAP_IDX], p_death=pd_, **sc)
+        return {k: v.reshape(N, K) for k, v in out.items()}
 
     def _probs(self, batch):
         cands = self.candidates(batch)

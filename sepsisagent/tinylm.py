@@ -13,16 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import upstream_key, Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint, derive_seed, seed_everything
-from .prompts import (TOOLS, STYLES, SYSTEM_LINE, system_prompt_text, tool_block, user_prompt_text, simulation_result_text,
-                                 prescription_response_text, patient_info, render_conversation_start, token_estimate)
+from .core import (upstream_key, Profile, get_profile, section_knobs, results_dir, processed_dir,
+                              build_once,
+                              provenance, module_fingerprint, derive_seed, seed_everything)
+from .prompts import (TOOLS, STYLES, SYSTEM_LINE, QWEN2_SPLIT, MAP_IDX, LACTATE_IDX,
+                                 system_prompt_text, tool_block, user_prompt_text, simulation_result_text,
+                                 prescription_response_text, patient_info, render_conversation_start,
+                                 token_estimate)
 from .baselines import StateBatch, logged_states
-from .synthicu import FEATURES
 
 # %% auto 0
-__all__ = ['CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'TOOL_TOKENS', 'QWEN2_SPLIT', 'TINY_SIZES', 'template_messages', 'render_chat',
-           'tool_call', 'synthetic_conversation', 'corpus', 'build_tokenizer', 'chat_text', 'tiny_sizes',
-           'tiny_qwen3_config', 'init_model', 'n_params', 'build_tiny_model', 'load_or_build_tiny_model', 'load_tiny']
+__all__ = ['CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'TOOL_TOKENS', 'template_messages', 'render_chat', 'tool_call',
+           'synthetic_conversation', 'corpus', 'build_tokenizer', 'chat_text', 'tiny_sizes', 'tiny_qwen3_config',
+           'init_model', 'n_params', 'build_tiny_model', 'load_or_build_tiny_model', 'load_tiny']
 
 # %% ../nbs/32_tinylm.ipynb
 CHAT_TEMPLATE = r"""
@@ -38,11 +41,14 @@ CHAT_TEMPLATE = r"""
     {%- if system %}
         {{- system + '\n\n' }}
     {%- endif %}
-    {{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
+    {{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' }}
+    {{- 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
     {%- for tool in tools %}
         {{- '\n' + (tool | tojson) }}
     {%- endfor %}
-    {{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
+    {{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments ' }}
+    {{- 'within <tool_call></tool_call> XML tags:\n' }}
+    {{- '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
 {%- elif system is not none %}
     {{- '<|im_start|>system\n' + system + '<|im_end|>\n' }}
 {%- endif %}
@@ -85,28 +91,31 @@ CHAT_TEMPLATE = r"""
 {%- endif %}
 """.strip()
 
-SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']              # control tokens (skipped by skip_special_tokens)
-TOOL_TOKENS = ['<tool_call>', '</tool_call>', '<tool_response>', '</tool_response>']  # single ids, but kept in decoded text
+# control tokens (skipped by skip_special_tokens)
+SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
+# single ids, but kept in decoded text
+TOOL_TOKENS = ['<tool_call>', '</tool_call>', '<tool_response>', '</tool_response>']
 
 # %% ../nbs/32_tinylm.ipynb
 def template_messages(messages: list[dict], # OpenAI-format messages, e.g. from `render_conversation_start`
                       tools: list = TOOLS, # the tools the template will render
                      ) -> list[dict]:
-    "`messages` with the rendered tool block removed from the system message (the template puts it back from `tools`)."
+    "`messages` without the rendered tool block in the system message (the template adds it from `tools`)."
     block = "\n\n" + tool_block(tools)
     out = [dict(m) for m in messages]
     if out and out[0]['role'] == 'system' and out[0]['content'].endswith(block):
         out[0]['content'] = out[0]['content'][:-len(block)]
     return out
 
-def render_chat(messages: list[dict], # OpenAI-format messages (tool calls as `tool_calls`, results as role 'tool')
+def render_chat(messages: list[dict], # OpenAI-format messages (calls as `tool_calls`, results as role 'tool')
                 tools: list | None = TOOLS, # tool schemas for the system block; None: no tool block
                 add_generation_prompt: bool = False, # end with an open assistant turn
                 chat_template: str = CHAT_TEMPLATE,
                ) -> str:
     "The text of a conversation as the template lays it out."
     from transformers.utils.chat_template_utils import render_jinja_template
-    rendered, _ = render_jinja_template([template_messages(messages, tools or [])], tools=tools, chat_template=chat_template,
+    rendered, _ = render_jinja_template([template_messages(messages, tools or [])], tools=tools,
+                                        chat_template=chat_template,
                                         add_generation_prompt=add_generation_prompt)
     return rendered[0]
 
@@ -117,32 +126,36 @@ def tool_call(name: str, # 'simulation' or 'prescription'
 
 # %% ../nbs/32_tinylm.ipynb
 def _rationale(raw_t: np.ndarray, style: str, rng: np.random.Generator) -> str:
-    "A short sentence about the current MAP and lactate (or nothing), as an assistant might write before a call."
-    mp, lac = raw_t[FEATURES.index('meanbp')], raw_t[FEATURES.index('lactate')]
+    "A short sentence on the current MAP and lactate (or nothing), as an assistant might write before a call."
+    mp, lac = raw_t[MAP_IDX], raw_t[LACTATE_IDX]
     k = rng.integers(4)
     if k == 0: return ''
     if style == 'compact':
-        return [f"MAP {mp:.1f}, lactate {lac:.1f}.", f"MAP {mp:.1f} {'<' if mp < 65 else '>='} 65; lactate {lac:.1f}.",
+        return [f"MAP {mp:.1f}, lactate {lac:.1f}.",
+                f"MAP {mp:.1f} {'<' if mp < 65 else '>='} 65; lactate {lac:.1f}.",
                 f"Lactate {lac:.1f} mmol/L, MAP {mp:.1f} mmHg."][k - 1]
     return [f"The mean arterial pressure is {mp:.1f} mmHg and lactate is {lac:.1f} mmol/L.",
-            f"The patient {'is hypotensive' if mp < 65 else 'has an adequate MAP'} ({mp:.1f} mmHg) with a lactate of {lac:.1f} mmol/L.",
-            f"Lactate {'remains elevated' if lac > 2 else 'is normal'} at {lac:.1f} mmol/L; MAP is {mp:.1f} mmHg."][k - 1]
+            f"The patient {'is hypotensive' if mp < 65 else 'has an adequate MAP'} ({mp:.1f} mmHg) with a "
+            f"lactate of {lac:.1f} mmol/L.",
+            f"Lactate {'remains elevated' if lac > 2 else 'is normal'} at {lac:.1f} mmol/L; "
+            f"MAP is {mp:.1f} mmHg."][k - 1]
 
 def synthetic_conversation(ep, # Episodes (04_episodes)
-                           batch: StateBatch, # logged decisions of the training split (`logged_states(ep, 'train')`)
+                           batch: StateBatch, # logged training decisions (`logged_states(ep, 'train')`)
                            i: int, # the decision that opens the conversation
                            style: str, # 'paper' or 'compact'
                            rng: np.random.Generator,
                            max_turns: int = 3, # prescriptions at most
                           ) -> list[dict]:
-    "An agent conversation from decision `i` on: opening, simulation and prescription calls with responses from the logged data."
+    "An agent conversation from decision `i` on: opening, simulation and prescription calls, logged answers."
     h = batch.history(i)
     msgs = template_messages(render_conversation_start(patient_info(ep, h['stay_id']), h, ep.bins, style))
     e = int(batch.episode[i])
     for k in range(int(rng.integers(1, max_turns + 1))):
         if k:                                   # the previous prescription's response opens the next turn
             i += 1
-            msgs.append(dict(role='tool', name='prescription', content=prescription_response_text(act, batch.history(i), style)))
+            msgs.append(dict(role='tool', name='prescription',
+                             content=prescription_response_text(act, batch.history(i), style)))
         t = int(batch.t[i])
         act = [int(x) for x in batch.actions[e, t]]
         nxt = i + 1 < len(batch) and batch.episode[i + 1] == e
@@ -172,23 +185,25 @@ def corpus(ep, # Episodes (04_episodes); only the training split is read
             for i in rng.integers(0, len(batch), n_conversations)]
 
 # %% ../nbs/32_tinylm.ipynb
-QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-
 def build_tokenizer(texts: list[str], # training text (e.g. `corpus`)
-                    vocab_size: int, # most tokens, the 7 special/added tokens included (fewer when the text runs out of merges)
+                    vocab_size: int, # most tokens, 7 special ones included (fewer if the merges run out)
                     chat_template: str = CHAT_TEMPLATE,
                     model_max_length: int = 8192,
                    ):
-    "A byte-level BPE `PreTrainedTokenizerFast` with Qwen's special tokens and chat template, trained on `texts`."
-    from tokenizers import Tokenizer, AddedToken, Regex, models, trainers, pre_tokenizers, decoders, normalizers
+    "A byte-level BPE `PreTrainedTokenizerFast` with Qwen's special tokens and chat template, from `texts`."
+    from tokenizers import (Tokenizer, AddedToken, Regex, models, trainers, pre_tokenizers, decoders,
+                            normalizers)
     from transformers import PreTrainedTokenizerFast
     n_base = 256 + len(SPECIAL_TOKENS)
-    if vocab_size < n_base + len(TOOL_TOKENS): raise ValueError(f"`vocab_size` must be >= {n_base + len(TOOL_TOKENS)} (256 bytes + 7 special tokens), got {vocab_size}")
+    if vocab_size < n_base + len(TOOL_TOKENS):
+        raise ValueError(f"`vocab_size` must be >= {n_base + len(TOOL_TOKENS)} (256 bytes + 7 special "
+                         f"tokens), got {vocab_size}")
     if not texts: raise ValueError("`texts` is empty: nothing to train the tokenizer on")
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior='isolated'),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior='isolated')
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                 use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     cut = re.compile('|'.join(map(re.escape, SPECIAL_TOKENS + TOOL_TOKENS)))
     pieces = (p for t in texts for p in cut.split(t) if p)
@@ -196,8 +211,9 @@ def build_tokenizer(texts: list[str], # training text (e.g. `corpus`)
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(pieces, trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>', pad_token='<|endoftext|>', unk_token=None,
-                                   chat_template=chat_template, model_max_length=model_max_length, padding_side='left',
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>', pad_token='<|endoftext|>',
+                                   unk_token=None, chat_template=chat_template,
+                                   model_max_length=model_max_length, padding_side='left',
                                    clean_up_tokenization_spaces=False)
 
 def chat_text(tokenizer, # a tokenizer with a chat template (tiny or Qwen3)
@@ -205,28 +221,26 @@ def chat_text(tokenizer, # a tokenizer with a chat template (tiny or Qwen3)
               tools: list | None = TOOLS,
               add_generation_prompt: bool = False,
              ) -> str:
-    "`messages` rendered by the tokenizer's own chat template (tool block taken out of a pre-rendered system message)."
+    "`messages` through the tokenizer's own chat template (tool block out of a pre-rendered system message)."
     if not getattr(tokenizer, 'chat_template', None):
-        raise ValueError(f"{type(tokenizer).__name__} has no chat template: build it with `build_tokenizer` or load a chat (Instruct) checkpoint")
-    return tokenizer.apply_chat_template(template_messages(messages, tools or []), tools=tools, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+        raise ValueError(f"{type(tokenizer).__name__} has no chat template: build it with `build_tokenizer` "
+                         f"or load a chat (Instruct) checkpoint")
+    return tokenizer.apply_chat_template(template_messages(messages, tools or []), tools=tools,
+                                         tokenize=False, add_generation_prompt=add_generation_prompt)
 
 # %% ../nbs/32_tinylm.ipynb
-TINY_SIZES = {
-    'quick':   dict(vocab_size=2048, hidden=128, layers=2, heads=4, kv_heads=2, intermediate=384, max_position=4096, n_conversations=120),
-    'default': dict(vocab_size=2048, hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768, max_position=8192, n_conversations=600),
-}
-
 def tiny_sizes(profile: Profile | str | None) -> dict:
-    "The tiny model's sizes for `profile`; an error for profiles that use a real checkpoint."
+    "The tiny model's sizes (the profile's `tiny` section); an error for a profile that loads a real model."
     prof = get_profile(profile)
-    if prof.name not in TINY_SIZES:
-        raise ValueError(f"Profile {prof.name!r} has no SepsisAgent-tiny (sizes exist for {sorted(TINY_SIZES)}); "
-                         f"it loads Qwen3-4B-Instruct from a directory with `load_tiny(path)` / AutoModelForCausalLM")
-    return dict(TINY_SIZES[prof.name])
+    if prof.tiny is None:
+        raise ValueError(f"Profile {prof.name!r} has no SepsisAgent-tiny (tiny=None): it loads "
+                         "Qwen3-4B-Instruct "
+                         f"from a directory with `load_tiny(path)` / AutoModelForCausalLM")
+    return section_knobs(prof, 'tiny')
 
 def tiny_qwen3_config(tokenizer, # the tokenizer the model will read (vocabulary and special ids)
-                      hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2, intermediate: int = 384,
+                      hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                      intermediate: int = 384,
                       max_position: int = 8192, rope_theta: float = 1e6,
                      ):
     "A scaled-down Qwen3 configuration matching `tokenizer`."
@@ -234,18 +248,21 @@ def tiny_qwen3_config(tokenizer, # the tokenizer the model will read (vocabulary
     if hidden % heads: raise ValueError(f"`hidden` ({hidden}) must be divisible by `heads` ({heads})")
     if heads % kv_heads: raise ValueError(f"`heads` ({heads}) must be divisible by `kv_heads` ({kv_heads})")
     eos, pad = tokenizer.convert_tokens_to_ids(['<|im_end|>', '<|endoftext|>'])
-    return Qwen3Config(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=hidden, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads, intermediate_size=intermediate,
-                       max_position_embeddings=max_position, rope_parameters=dict(rope_type='default', rope_theta=rope_theta),
-                       tie_word_embeddings=True, use_sliding_window=False, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
-                       dtype='float32', architectures=['Qwen3ForCausalLM'])
+    return Qwen3Config(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       head_dim=hidden // heads, intermediate_size=intermediate,
+                       max_position_embeddings=max_position,
+                       rope_parameters=dict(rope_type='default', rope_theta=rope_theta),
+                       tie_word_embeddings=True, use_sliding_window=False, bos_token_id=pad, eos_token_id=eos,
+                       pad_token_id=pad, dtype='float32', architectures=['Qwen3ForCausalLM'])
 
 def init_model(config, seed: int):
     "A randomly initialised fp32 `Qwen3ForCausalLM` of `config`, the same for the same seed."
     from transformers import Qwen3ForCausalLM, GenerationConfig
     seed_everything(seed)
     model = Qwen3ForCausalLM(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(eos_token_id=[config.eos_token_id, config.pad_token_id], pad_token_id=config.pad_token_id,
+    model.generation_config = GenerationConfig(eos_token_id=[config.eos_token_id, config.pad_token_id],
+                                               pad_token_id=config.pad_token_id,
                                                bos_token_id=config.bos_token_id, do_sample=False)
     return model
 
@@ -255,7 +272,7 @@ def n_params(model) -> int:
 
 # %% ../nbs/32_tinylm.ipynb
 def build_tiny_model(ep, # Episodes (04_episodes)
-                     sizes: dict, # a `TINY_SIZES` entry
+                     sizes: dict, # `tiny_sizes(profile)`
                      seed: int, # corpus and weight seed
                      out: Path | str, # directory to write
                     ) -> dict:
@@ -268,10 +285,13 @@ def build_tiny_model(ep, # Episodes (04_episodes)
     tok = build_tokenizer(texts, vocab, model_max_length=s['max_position'])
     t2 = time.time()
     model = init_model(tiny_qwen3_config(tok, **s), derive_seed(seed, 'tinylm', 'weights'))
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(out); model.save_pretrained(out)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)
+    model.save_pretrained(out)
     n_tok = sum(len(x) for x in tok(texts[:50], add_special_tokens=False)['input_ids'])
-    facts = dict(n_params=n_params(model), vocab=len(tok), corpus_chars=sum(map(len, texts)), chars_per_token=sum(map(len, texts[:50])) / n_tok,
+    facts = dict(n_params=n_params(model), vocab=len(tok), corpus_chars=sum(map(len, texts)),
+                 chars_per_token=sum(map(len, texts[:50])) / n_tok,
                  seconds=dict(corpus=t1 - t0, tokenizer=t2 - t1, total=time.time() - t0))
     (out / 'tinylm_facts.json').write_text(json.dumps(facts, indent=1))
     return facts
@@ -279,15 +299,17 @@ def build_tiny_model(ep, # Episodes (04_episodes)
 def load_or_build_tiny_model(profile: Profile | str | None = None, # profile (name); 'paper' has no tiny model
                              force: bool = False,
                             ) -> Path:
-    "The directory of the profile's SepsisAgent-tiny (tokenizer + untrained Qwen3ForCausalLM), built if needed."
+    "The profile's SepsisAgent-tiny directory (tokenizer, untrained Qwen3ForCausalLM), built if need be."
     from sepsisagent.episodes import load_or_build_episodes
     prof = get_profile(profile)
     sizes = tiny_sizes(prof)
     ep = load_or_build_episodes(prof)
     import transformers, tokenizers
-    inputs = dict(code=module_fingerprint('sepsisagent.tinylm'), sizes=sizes, episodes=upstream_key(processed_dir(prof) / 'episodes'),
+    inputs = dict(code=module_fingerprint('sepsisagent.tinylm'), sizes=sizes,
+                  episodes=upstream_key(processed_dir(prof) / 'episodes'),
                   transformers=transformers.__version__, tokenizers=tokenizers.__version__)
-    return build_once(results_dir(prof, 'models') / 'tinylm', lambda tmp: build_tiny_model(ep, sizes, prof.seed, tmp),
+    build = lambda tmp: build_tiny_model(ep, sizes, prof.seed, tmp)
+    return build_once(results_dir(prof, 'models') / 'tinylm', build,
                       provenance(prof, **inputs), force=force)
 
 def load_tiny(path: Path | str, # a save_pretrained directory (SepsisAgent-tiny or a Qwen3 checkpoint)
@@ -297,8 +319,9 @@ def load_tiny(path: Path | str, # a save_pretrained directory (SepsisAgent-tiny 
     from transformers import AutoTokenizer, AutoModelForCausalLM
     path = Path(path)
     if not (path / 'config.json').is_file():
-        raise FileNotFoundError(f"No model checkpoint at {path} (no config.json): build one with `load_or_build_tiny_model(profile)` "
-                                f"or give a save_pretrained directory such as Qwen3-4B-Instruct's")
+        raise FileNotFoundError(f"No model checkpoint at {path} (no config.json): build one with "
+                                f"`load_or_build_tiny_model(profile)` or give a save_pretrained directory "
+                                f"such as Qwen3-4B-Instruct's")
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     return tok, model

@@ -33,8 +33,10 @@ STAGES = (1, 2, 3)
 
 def train_stage(stage: int, # 1: patient-dynamics SFT, 2: behaviour cloning, 3: world-model RL
                 profile: str | None = None, # quick | default | paper (None: $SEPSISAGENT_PROFILE / default)
-                base_model: str | None = None, # stage 1's base: None = the profile's (SepsisAgent-tiny; paper: Qwen3-4B-Instruct)
-                overrides: dict | None = None, # knobs of the stage (stages 1-2: `sft.curriculum_knobs`; stage 3: `rl.rl_knobs`)
+                # stage 1's base: None = the profile's (SepsisAgent-tiny; paper: Qwen3-4B-Instruct)
+                base_model: str | None = None,
+                # knobs of the stage (stages 1-2: `sft.curriculum_knobs`; stage 3: `rl.rl_knobs`)
+                overrides: dict | None = None,
                 force: bool = False, # retrain even when a checkpoint from the same inputs exists
                ) -> Path:
     "Train (or find cached) the checkpoint of `stage`; every process of a launch returns its path."
@@ -47,7 +49,8 @@ def train_stage(stage: int, # 1: patient-dynamics SFT, 2: behaviour cloning, 3: 
 
 def train_main(stage: int, # 1: patient-dynamics SFT, 2: behaviour cloning, 3: world-model RL
                profile: str = None, # quick | default | paper (default: $SEPSISAGENT_PROFILE, else default)
-               base_model: str = None, # the base language model: a save_pretrained directory or hub id (default: the profile's)
+               # the base language model: a save_pretrained directory or hub id (default: the profile's)
+               base_model: str = None,
                overrides: str = '', # knob overrides, key=value[,key=value]: e.g. s1_epochs=2,lora=true
                force: bool = False, # retrain even when a checkpoint from the same inputs exists
               ):
@@ -56,7 +59,8 @@ def train_main(stage: int, # 1: patient-dynamics SFT, 2: behaviour cloning, 3: w
     rank, world = launch_rank()
     if rank == 0:
         launch = (read_meta(path) or {}).get('launch', {})
-        print(f"stage {stage}: {path} ({world} process(es); trained by a launch of {launch.get('world_size', 1)})")
+        print(f"stage {stage}: {path} ({world} process(es); trained by a launch of "
+              f"{launch.get('world_size', 1)})")
     return path
 
 if __name__ == '__main__' and '__file__' in globals():

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 
 from .core import Profile, get_profile, derive_seed, results_dir
-from .synthicu import (FEATURES, SynthICU, Doses, simulate, observed_sofa, raghu_rewards, load_or_build_synthicu)
-from .episodes import Episodes, load_or_build_episodes
+from .synthicu import (FEATURES, SynthICU, Doses, simulate, observed_sofa, raghu_rewards,
+                                  load_or_build_synthicu)
+from .episodes import Episodes, Scalers, load_or_build_episodes
 from .ope import GAMMA, evaluate_policy, fit_fqe
 from .safety import policy_safety
-from .baselines import (StateBatch, Policy, logged_states, logged_actions, action_index, transitions,
+from .baselines import (StateBatch, Policy, logged_states, logged_actions, action_index,
+                                   transitions,
                                    load_or_train_baseline, BASELINES, BASELINE_LABELS, N_LEVELS,
                                    env_state_batch)
-from .env import SepsisEnv, ScalerArrays, make_env, run_episodes
+from .env import SepsisEnv, make_env, run_episodes
 
 # %% auto 0
 __all__ = ['OPE_ESTIMATORS', 'PAPER_MAIN', 'episode_statics', 'HospitalPolicy', 'episode_doses', 'TruthResult', 'rollout_rewards',
@@ -37,7 +39,7 @@ def episode_statics(ep: Episodes, stay_ids) -> np.ndarray:
 class HospitalPolicy:
     "A compendium `Policy` as a SynthICU policy: f(obs4, step) -> (vasopressor levels, IV-fluid levels)."
     def __init__(self, policy: Policy, # the policy that acts
-                 scalers: ScalerArrays, # the episodes' scalers
+                 scalers: Scalers, # the episodes' scalers (`ep.scalers`)
                  static: np.ndarray, # [N, 3] statics of the simulated stays
                  stay_ids: np.ndarray, # [N] their stay ids
                  n_steps: int, # decisions the simulator will ask for
@@ -52,7 +54,8 @@ class HospitalPolicy:
 
     def batch(self, k: int) -> StateBatch:
         N = len(self.stay_ids)
-        return StateBatch(self.z, self.raw, self.masks, self.static, self.actions, np.arange(N), np.full(N, k), self.stay_ids)
+        return StateBatch(self.z, self.raw, self.masks, self.static, self.actions, np.arange(N),
+                          np.full(N, k), self.stay_ids)
 
     def observe(self, obs4: dict, k: int):
         "Record the observation of decision k: measured flags, forward fill, imputation, scaling."
@@ -70,9 +73,11 @@ class HospitalPolicy:
 
 # %% ../nbs/23_truth.ipynb
 def episode_doses(ep: Episodes) -> Doses:
-    "Level -> dose map of the episodes' action bins: median training dose of each level, the training quartile edges."
+    ("Level -> dose map of the episodes' action bins: median training dose of each level, the training "
+     "quartile edges.")
     b = ep.bins
-    return Doses(vaso=tuple(b.vaso_median), fluid=tuple(b.fluid_median), vaso_edges=tuple(b.vaso_edges), fluid_edges=tuple(b.fluid_edges))
+    return Doses(vaso=tuple(b.vaso_median), fluid=tuple(b.fluid_median), vaso_edges=tuple(b.vaso_edges),
+                 fluid_edges=tuple(b.fluid_edges))
 
 # %% ../nbs/23_truth.ipynb
 @dataclass
@@ -93,7 +98,8 @@ class TruthResult:
         within = self.disc_return.var(1, ddof=1).mean() if R > 1 else np.nan
         return dict(true_value=float(self.disc_return.mean()), true_value_se=float(np.sqrt(within / (N * R))),
                     true_return=float(self.ret.mean()), true_survival_pct=float(100 * self.survived.mean()),
-                    true_survival_se=float(100 * np.sqrt(self.survived.var(1, ddof=1).mean() / (N * R))) if R > 1 else np.nan,
+                    true_survival_se=(float(100 * np.sqrt(self.survived.var(1, ddof=1).mean() / (N * R)))
+                                      if R > 1 else np.nan),
                     n_patients=N, replicas=R)
 
 def rollout_rewards(res, doses: Doses, policy_given: bool, K: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +113,8 @@ def rollout_rewards(res, doses: Doses, policy_given: bool, K: int = 20) -> tuple
 
 def true_values(hospital: SynthICU, # the built hospital the episodes came from
                 ep: Episodes,       # its episodes (scalers, bins, statics)
-                policy: Policy,     # the policy; a `logged` policy (the clinicians) means the simulator's own clinicians
+                # the policy; a `logged` policy (the clinicians) means the simulator's own clinicians
+                policy: Policy,
                 stay_ids,           # the patients (e.g. the test split)
                 replicas: int = 4,  # rollouts per patient; replica 0 reuses the logged random numbers
                 gamma: float = GAMMA,
@@ -115,7 +122,8 @@ def true_values(hospital: SynthICU, # the built hospital the episodes came from
                ) -> TruthResult:
     "Roll `policy` out from admission for every (patient, replica) and score it like the episodes."
     if replicas < 1: raise ValueError(f"replicas must be >= 1, got {replicas}")
-    stay_ids = np.asarray(stay_ids); N = len(stay_ids)
+    stay_ids = np.asarray(stay_ids)
+    N = len(stay_ids)
     params = hospital.params(np.repeat(stay_ids, replicas))
     salt = np.tile(np.arange(replicas), N)
     branch = (np.where(salt == 0, np.inf, 0.0), salt)       # replica 0 never branches: the logged stream
@@ -123,13 +131,14 @@ def true_values(hospital: SynthICU, # the built hospital the episodes came from
     pol = None
     if not policy.logged:
         n_dec = (hospital.hours - 1 + 3) // 4
-        pol = HospitalPolicy(policy, ScalerArrays.from_episodes(ep), episode_statics(ep, np.repeat(stay_ids, replicas)),
+        pol = HospitalPolicy(policy, ep.scalers, episode_statics(ep, np.repeat(stay_ids, replicas)),
                              np.repeat(stay_ids, replicas), n_dec, np.random.default_rng(seed))
     res = simulate(params, hospital.hours, policy=pol, doses=doses, branch=branch)
     rew, n = rollout_rewards(res, doses, pol is not None)
     disc = rew @ gamma ** np.arange(rew.shape[1])
     shape = (N, replicas)
-    return TruthResult(stay_ids, disc.reshape(shape), rew.sum(1).reshape(shape), (~res.died_90d).reshape(shape),
+    return TruthResult(stay_ids, disc.reshape(shape), rew.sum(1).reshape(shape),
+                       (~res.died_90d).reshape(shape),
                        rew.reshape(N, replicas, -1), gamma)
 
 # %% ../nbs/23_truth.ipynb
@@ -157,7 +166,8 @@ class LoggedData:
         N, T = x['rewards'].shape
         a = logged_actions(b)
         pb = behaviour.action_probs(b)[np.arange(len(b)), a]
-        return cls(b, x['rewards'].astype(np.float64), x['lengths'], to_grid(a, b, N, T).astype(np.int64), to_grid(pb, b, N, T))
+        return cls(b, x['rewards'].astype(np.float64), x['lengths'], to_grid(a, b, N, T).astype(np.int64),
+                   to_grid(pb, b, N, T))
 
 def fqe_for_policy(policy: Policy, # the target policy
                    batch: StateBatch, # `logged_states(ep, 'train')`
@@ -165,26 +175,34 @@ def fqe_for_policy(policy: Policy, # the target policy
                    gamma: float = GAMMA, seed: int = 0, **kw):
     "Fitted Q evaluation of `policy` on the training transitions (features of `StateBatch.features`)."
     probs = policy.ope_probs(batch)
-    live = np.flatnonzero(~tr['done'])                 # a step that is not its episode's last: its next decision is the next row
-    pi_next = np.zeros_like(probs); pi_next[live] = probs[live + 1]
+    # a step that is not its episode's last: its next decision is the next row
+    live = np.flatnonzero(~tr['done'])
+    pi_next = np.zeros_like(probs)
+    pi_next[live] = probs[live + 1]
     return fit_fqe(tr['s'], tr['a'], tr['r'], tr['s_next'], tr['done'], pi_next, gamma=gamma, seed=seed, **kw)
 
-def ope_policy(policy: Policy, test: LoggedData, q_model=None, gamma: float = GAMMA, n_boot: int = 2000, seed: int = 0,
+def ope_policy(policy: Policy, test: LoggedData, q_model=None, gamma: float = GAMMA, n_boot: int = 2000,
+               seed: int = 0,
                clip: float | None = None) -> dict:
     "Every estimator of `policy`'s value on the logged data, with 95 % intervals (and bootstrap replicates)."
     b = test.batch
     N, T = test.rewards.shape
     pi_e_all = to_grid(policy.ope_probs(b), b, N, T, fill=1 / 25)
-    dr_inputs = (dict(pi_e=np.take_along_axis(pi_e_all, test.actions[..., None], -1)[..., 0]) if q_model is None else
-                 dict(q_hat=to_grid(q_model.q(b.features()), b, N, T), pi_e_all=pi_e_all, actions=test.actions))
-    return evaluate_policy(test.rewards, test.lengths, test.pi_b, gamma=gamma, n_boot=n_boot, seed=seed, clip=clip,
+    dr_inputs = (dict(pi_e=np.take_along_axis(pi_e_all, test.actions[..., None], -1)[..., 0])
+                 if q_model is None else
+                 dict(q_hat=to_grid(q_model.q(b.features()), b, N, T), pi_e_all=pi_e_all,
+                      actions=test.actions))
+    return evaluate_policy(test.rewards, test.lengths, test.pi_b, gamma=gamma, n_boot=n_boot, seed=seed,
+                           clip=clip,
                            return_replicates=True, **dr_inputs)
 
 # %% ../nbs/23_truth.ipynb
 def world_model_value(env: SepsisEnv, policy: Policy, gamma: float = GAMMA, seed: int = 0) -> dict:
     "Mean discounted return and survival % of `policy` over all of the environment's episodes (one batch)."
     rng = np.random.default_rng(seed)
-    act = (lambda e, obs, info: e.logged_actions()) if policy.logged else (lambda e, obs, info: policy.act(env_state_batch(e, np.arange(e.num_envs)), rng))
+    def act(e, obs, info):
+        if policy.logged: return e.logged_actions()
+        return policy.act(env_state_batch(e, np.arange(e.num_envs)), rng)
     out = run_episodes(env, act, np.arange(env.num_envs), seed=seed)
     disc = out['rewards'] @ gamma ** np.arange(out['rewards'].shape[1])
     return dict(wm_value=float(disc.mean()), wm_survival_pct=float(100 * (1 - np.nanmean(out['died']))),
@@ -200,9 +218,12 @@ def estimator_errors(ope: dict, # output of `ope_policy`
     rows = []
     for k in estimators:
         if k not in ope or np.isnan(ope[k]): continue
-        boot = np.asarray(ope['replicates'][k], float); boot = boot[np.isfinite(boot)]
-        rows.append(dict(estimator=k.upper(), estimate=ope[k], lo=ope[f'{k}_lo'], hi=ope[f'{k}_hi'], truth=truth,
-                         error=ope[k] - truth, boot_bias=float(boot.mean() - truth), boot_rmse=float(np.sqrt(((boot - truth) ** 2).mean())),
+        boot = np.asarray(ope['replicates'][k], float)
+        boot = boot[np.isfinite(boot)]
+        rows.append(dict(estimator=k.upper(), estimate=ope[k], lo=ope[f'{k}_lo'], hi=ope[f'{k}_hi'],
+                         truth=truth,
+                         error=ope[k] - truth, boot_bias=float(boot.mean() - truth),
+                         boot_rmse=float(np.sqrt(((boot - truth) ** 2).mean())),
                          covers=bool(ope[f'{k}_lo'] <= truth <= ope[f'{k}_hi'])))
     return rows
 
@@ -210,7 +231,8 @@ def estimator_errors(ope: dict, # output of `ope_policy`
 PAPER_MAIN = pd.DataFrame([   # paper, main table: 725-episode MIMIC-IV test set (`paper.ipynb`, Main table)
     ('Clinicians', 5.06, 5.27, 10.82, 94.76, 0.35, 0.19), ('WD3QNE', 8.72, 12.07, 23.20, 87.60, 1.11, 1.49),
     ('o3', 8.32, 9.17, 20.38, 90.55, 0.72, 1.57), ('o3 + WM', 9.46, 10.27, 22.95, 96.91, 0.09, 0.24),
-    ('Qwen3-4B-Instruct', 7.79, 7.34, 18.76, 78.00, 0.62, 2.13), ('SepsisAgent', 10.01, 11.14, 23.40, 97.95, 0.08, 0.14)],
+    ('Qwen3-4B-Instruct', 7.79, 7.34, 18.76, 78.00, 0.62, 2.13),
+    ('SepsisAgent', 10.01, 11.14, 23.40, 97.95, 0.08, 0.14)],
     columns=['Method', 'DR', 'WIS', 'WPDIS', 'Guideline adherence %', 'Underdosing %', 'Overdosing %'])
 
 def _ci(r: dict, k: str) -> str: return f"{r[k]:.2f} [{r[k + '_lo']:.2f}, {r[k + '_hi']:.2f}]"
@@ -219,12 +241,16 @@ def main_table(results: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
     "The paper's main-table layout for `results` (one row per policy), plus truth and world-model columns."
     out = []
     for r in results.to_dict('records'):
-        row = {'Method': r['label'], 'DR': _ci(r, 'dr'), 'WIS': _ci(r, 'wis'), 'WPDIS': _ci(r, 'wpdis'), 'WIS ESS': f"{r['ess']:.0f}",
-               'Guideline adherence %': f"{r['adherence_pct']:.2f}", 'Underdosing %': f"{r['underdosing_pct']:.2f}",
+        row = {'Method': r['label'], 'DR': _ci(r, 'dr'), 'WIS': _ci(r, 'wis'), 'WPDIS': _ci(r, 'wpdis'),
+               'WIS ESS': f"{r['ess']:.0f}",
+               'Guideline adherence %': f"{r['adherence_pct']:.2f}",
+               'Underdosing %': f"{r['underdosing_pct']:.2f}",
                'Overdosing %': f"{r['overdosing_pct']:.2f}"}
         if has_truth: row |= {'TRUE value': f"{r['true_value']:.2f} ± {r['true_value_se']:.2f}",
-                              'TRUE survival %': f"{r['true_survival_pct']:.1f} ± {r['true_survival_se']:.1f}"}
-        row |= {'World-model value': f"{r['wm_value']:.2f}", 'World-model survival %': f"{r['wm_survival_pct']:.1f}",
+                              'TRUE survival %': f"{r['true_survival_pct']:.1f} ± "
+                                                 f"{r['true_survival_se']:.1f}"}
+        row |= {'World-model value': f"{r['wm_value']:.2f}",
+                'World-model survival %': f"{r['wm_survival_pct']:.1f}",
                 'World-model survival % (sampled outcome)': f"{r['wm_survival_pct_sampled']:.1f}"}
         out.append(row)
     return pd.DataFrame(out)

@@ -14,16 +14,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import (Profile, get_profile, results_dir, processed_dir, build_once, provenance, module_fingerprint,
+from .core import (Profile, get_profile, results_dir, processed_dir, build_once, provenance,
+                              module_fingerprint,
                               derive_seed, seed_everything, progress, get_device, upstream_key)
 from .synthicu import FEATURES
-from .episodes import Episodes, MASKS, STATICS, load_or_build_episodes
+from .episodes import Episodes, Scalers, MASKS, STATICS, load_or_build_episodes
 
 # %% auto 0
 __all__ = ['BACKBONES', 'N_OBS', 'N_MASK', 'N_STATIC', 'N_ACTION', 'RELEASED_STATE_KEYS', 'RELEASED_OUTCOME_KEYS', 'URINE',
            'WorldModelConfig', 'two_hot', 'CausalTransformer', 'WindowEncoder', 'StateModel', 'OutcomeModel',
            'load_released_weights', 'EpisodeArrays', 'measured_weights', 'state_loss', 'outcome_loss', 'fit',
-           'z_bounds', 'destandardize', 'WorldModel', 'train_world_model', 'load_or_train_world_model', 'weights_hash',
+           'destandardize', 'WorldModel', 'train_world_model', 'load_or_train_world_model', 'weights_hash',
            'one_step_predictions', 'expected_next', 'ece', 'rollout_mae', 'evaluate_world_model', 'standardize_raw',
            'simulator_noise_floor']
 
@@ -43,11 +44,11 @@ class WorldModelConfig:
     heads: int = 4                  # attention heads (transformer only)
     state_window: int = 6           # steps the state model reads
     outcome_window: int = 12        # steps the outcome model reads
-    epochs: int = 30                # training budget per network: a count, so weights never depend on the machine's load
+    epochs: int = 30                # budget per network: a count, so the weights never depend on the load
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    residual: bool = True           # mu = last state + mu_head(...) (ours; the published model predicts mu directly: False)
+    residual: bool = True           # mu = last state + mu_head(...) (ours; published: mu directly, False)
     patience: int = 4               # epochs without validation improvement before stopping
     seed: int = 0
     features: tuple = tuple(FEATURES)
@@ -55,32 +56,41 @@ class WorldModelConfig:
     statics: tuple = tuple(STATICS)
 
     def __post_init__(self):
-        if self.backbone not in BACKBONES: raise ValueError(f"Unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
         if len(self.features) != N_OBS or len(self.masks) != N_MASK:
-            raise ValueError(f"The world model needs {N_OBS} features and {N_MASK} masks, got {len(self.features)} and {len(self.masks)}")
+            raise ValueError(f"The world model needs {N_OBS} features and {N_MASK} masks, "
+                             f"got {len(self.features)} and {len(self.masks)}")
 
     @classmethod
     def for_profile(cls, profile: Profile, backbone: str | None = None, **kw) -> 'WorldModelConfig':
-        "The configuration a profile trains, for `backbone` (default: the profile's)."
-        return cls(backbone=backbone or profile.wm_backbone, hidden=profile.wm_hidden, epochs=profile.wm_epochs,
-                   seed=derive_seed(profile.seed, 'worldmodel', backbone or profile.wm_backbone), **kw)
+        "The configuration a profile trains (its `worldmodel` section), for `backbone` (default: its own)."
+        wm = profile.worldmodel
+        backbone = backbone or wm.backbone
+        return cls(backbone=backbone, hidden=wm.hidden, epochs=wm.epochs,
+                   seed=derive_seed(profile.seed, 'worldmodel', backbone), **kw)
 
 # %% ../nbs/10_worldmodel.ipynb
 def two_hot(actions) -> torch.Tensor:
     "[..., 2] integer levels (vasopressor, fluid) -> [..., 10] float two-hot."
     a = torch.as_tensor(np.asarray(actions), dtype=torch.long)
-    if a.shape[-1] != 2: raise ValueError(f"actions must end in a dimension of 2 (vasopressor, fluid), got shape {tuple(a.shape)}")
-    if a.numel() and (a.min() < 0 or a.max() > 4): raise ValueError(f"action levels must be in 0..4, got {a.min().item()}..{a.max().item()}")
+    if a.shape[-1] != 2:
+        raise ValueError("actions must end in a dimension of 2 (vasopressor, fluid), got shape "
+                         f"{tuple(a.shape)}")
+    if a.numel() and (a.min() < 0 or a.max() > 4):
+        raise ValueError(f"action levels must be in 0..4, got {a.min().item()}..{a.max().item()}")
     return torch.cat([F.one_hot(a[..., 0], 5), F.one_hot(a[..., 1], 5)], -1).float()
 
 # %% ../nbs/10_worldmodel.ipynb
 class CausalTransformer(nn.Module):
-    "A small pre-norm transformer encoder over a window, causal, with learned positions; returns all positions."
+    ("A small pre-norm transformer encoder over a window, causal, with learned positions; returns all "
+     "positions.")
     def __init__(self, d_in: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int = 32):
         super().__init__()
         self.proj = nn.Linear(d_in, hidden)
         self.pos = nn.Parameter(torch.zeros(max_len, hidden))
-        layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True,
+                                           norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
     def forward(self, x):
@@ -98,14 +108,17 @@ class WindowEncoder(nn.Module):
         self.act_embed = nn.Linear(N_ACTION, cfg.action_embed)
         d_in = N_OBS + N_MASK + cfg.static_embed + cfg.action_embed
         drop = cfg.dropout if cfg.layers > 1 else 0.0
-        if cfg.backbone == 'gru': self.gru = nn.GRU(d_in, cfg.hidden, cfg.layers, batch_first=True, dropout=drop)
-        elif cfg.backbone == 'lstm': self.lstm = nn.LSTM(d_in, cfg.hidden, cfg.layers, batch_first=True, dropout=drop)
+        if cfg.backbone == 'gru':
+            self.gru = nn.GRU(d_in, cfg.hidden, cfg.layers, batch_first=True, dropout=drop)
+        elif cfg.backbone == 'lstm':
+            self.lstm = nn.LSTM(d_in, cfg.hidden, cfg.layers, batch_first=True, dropout=drop)
         else: self.transformer = CausalTransformer(d_in, cfg.hidden, cfg.layers, cfg.heads, cfg.dropout)
 
     def encode(self, obs, mask, static, action):
         "obs [B,T,39], mask [B,T,38], static [B,3], action [B,T,10] -> last hidden [B, hidden]."
         T = obs.shape[1]
-        x = torch.cat([obs, mask, self.static_embed(static).unsqueeze(1).expand(-1, T, -1), self.act_embed(action)], -1)
+        x = torch.cat([obs, mask, self.static_embed(static).unsqueeze(1).expand(-1, T, -1),
+                       self.act_embed(action)], -1)
         h, _ = getattr(self, self.cfg.backbone)(x)
         return h[:, -1]
 
@@ -133,23 +146,27 @@ class OutcomeModel(WindowEncoder):
     "Logit of 90-day mortality from a window."
     def __init__(self, cfg: WorldModelConfig):
         super().__init__(cfg)
-        self.outcome_head = nn.Sequential(nn.Linear(cfg.hidden, 64), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(64, 1))
+        self.outcome_head = nn.Sequential(nn.Linear(cfg.hidden, 64), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                          nn.Linear(64, 1))
     def forward(self, obs, mask, static, action):
         return self.outcome_head(self.encode(obs, mask, static, action)).squeeze(-1)
 
 # %% ../nbs/10_worldmodel.ipynb
 RELEASED_STATE_KEYS = ['static_embed.weight', 'static_embed.bias', 'act_embed.weight', 'act_embed.bias'] + \
     [f'gru.{w}_{k}_l{l}' for l in range(2) for w in ('weight', 'bias') for k in ('ih', 'hh')] + \
-    ['vent_head.0.weight', 'vent_head.0.bias', 'vent_head.2.weight', 'vent_head.2.bias', 'trans_pre.0.weight', 'trans_pre.0.bias',
+    ['vent_head.0.weight', 'vent_head.0.bias', 'vent_head.2.weight', 'vent_head.2.bias', 'trans_pre.0.weight',
+     'trans_pre.0.bias',
      'mu_head.weight', 'mu_head.bias', 'log_sigma_head.weight', 'log_sigma_head.bias']
-RELEASED_OUTCOME_KEYS = RELEASED_STATE_KEYS[:12] + ['outcome_head.0.weight', 'outcome_head.0.bias', 'outcome_head.3.weight', 'outcome_head.3.bias']
+RELEASED_OUTCOME_KEYS = RELEASED_STATE_KEYS[:12] + ['outcome_head.0.weight', 'outcome_head.0.bias',
+                                                    'outcome_head.3.weight', 'outcome_head.3.bias']
 
 def load_released_weights(model: nn.Module, state_dict: dict) -> nn.Module:
     "Load a state dict in the authors' format into our GRU model; only our extra mask head may be missing."
     res = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in res.missing_keys if not k.startswith('mask_head.')]
     if missing or res.unexpected_keys:
-        raise ValueError(f"Checkpoint does not fit {type(model).__name__}: missing {missing}, unexpected {res.unexpected_keys}")
+        raise ValueError(f"Checkpoint does not fit {type(model).__name__}: missing {missing}, unexpected "
+                         f"{res.unexpected_keys}")
     return model
 
 # %% ../nbs/10_worldmodel.ipynb
@@ -173,19 +190,23 @@ class EpisodeArrays:
         pos = pd.Index(t['stay_id']).get_indexer(tab.stay_id)
         vent[pos, tab.step.to_numpy()] = tab.ventilated.to_numpy(np.float32)
         for k in ('obs', 'masks', 'static'):
-            if not np.isfinite(t[k]).all(): raise ValueError(f"NaN or inf in the {split} split's {k!r} array: rebuild the episodes")
+            if not np.isfinite(t[k]).all():
+                raise ValueError(f"NaN or inf in the {split} split's {k!r} array: rebuild the episodes")
         return cls(t['stay_id'], torch.tensor(t['obs']), torch.tensor(t['masks']), torch.tensor(t['static']),
-                   torch.tensor(t['actions']), torch.tensor(vent), torch.tensor(t['lengths']), torch.tensor(t['died_90d'], dtype=torch.float32))
+                   torch.tensor(t['actions']), torch.tensor(vent), torch.tensor(t['lengths']),
+                   torch.tensor(t['died_90d'], dtype=torch.float32))
 
     def __len__(self): return len(self.stay_id)
 
     def transitions(self) -> torch.Tensor:
         "[(episode, t)] for every step with a next step: the state model's samples."
-        return torch.tensor([(i, s) for i, n in enumerate(self.lengths.tolist()) for s in range(n - 1)], dtype=torch.long).reshape(-1, 2)
+        return torch.tensor([(i, s) for i, n in enumerate(self.lengths.tolist()) for s in range(n - 1)],
+                            dtype=torch.long).reshape(-1, 2)
 
     def steps(self) -> torch.Tensor:
         "[(episode, t)] for every step: the outcome model's samples."
-        return torch.tensor([(i, s) for i, n in enumerate(self.lengths.tolist()) for s in range(n)], dtype=torch.long).reshape(-1, 2)
+        return torch.tensor([(i, s) for i, n in enumerate(self.lengths.tolist()) for s in range(n)],
+                            dtype=torch.long).reshape(-1, 2)
 
     def window(self, idx: torch.Tensor, W: int):
         "Windows of W steps ending at idx[:, 1] of episodes idx[:, 0]: obs, masks, static, two-hot actions."
@@ -194,7 +215,8 @@ class EpisodeArrays:
         valid = (steps >= 0).float()[..., None]
         s = steps.clamp(min=0)
         e = ep[:, None].expand_as(s)
-        return (self.obs[e, s] * valid, self.masks[e, s] * valid, self.static[ep], two_hot(self.actions[e, s]) * valid)
+        return (self.obs[e, s] * valid, self.masks[e, s] * valid, self.static[ep],
+                two_hot(self.actions[e, s]) * valid)
 
 # %% ../nbs/10_worldmodel.ipynb
 URINE = FEATURES.index('output_4hourly')
@@ -223,10 +245,12 @@ def outcome_loss(model: OutcomeModel, data: EpisodeArrays, idx: torch.Tensor) ->
     return bce, dict(bce=bce.item())
 
 # %% ../nbs/10_worldmodel.ipynb
-def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, train_idx: torch.Tensor, val_idx: torch.Tensor,
+def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, train_idx: torch.Tensor,
+        val_idx: torch.Tensor,
         cfg: WorldModelConfig, device: str = 'cpu', desc: str = '') -> list[dict]:
     "Train `model` in place; return the per-epoch history (the best epoch's weights are loaded at the end)."
-    if len(train_idx) == 0 or len(val_idx) == 0: raise ValueError(f"No training or validation samples for {desc or type(model).__name__}")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"No training or validation samples for {desc or type(model).__name__}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
@@ -235,7 +259,8 @@ def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, tra
     def evaluate():
         model.eval()
         with torch.no_grad():
-            tot = [loss_fn(model, val, val_idx[i:i + 4096])[0].item() * len(val_idx[i:i + 4096]) for i in range(0, len(val_idx), 4096)]
+            tot = [loss_fn(model, val, val_idx[i:i + 4096])[0].item() * len(val_idx[i:i + 4096])
+                   for i in range(0, len(val_idx), 4096)]
         return sum(tot) / len(val_idx)
     for epoch in progress(range(cfg.epochs), desc=desc):
         model.train()
@@ -243,35 +268,32 @@ def fit(model: nn.Module, loss_fn, train: EpisodeArrays, val: EpisodeArrays, tra
         tr = []
         for i in range(0, len(perm), cfg.batch_size):
             loss, _ = loss_fn(model, train, perm[i:i + cfg.batch_size])
-            opt.zero_grad(); loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
             tr.append(loss.item())
         v = evaluate()
-        history.append(dict(epoch=epoch, train_loss=float(np.mean(tr)), val_loss=v, seconds=time.perf_counter() - t0))
-        if v < best - 1e-4: best, best_state, bad = v, {k: x.detach().clone() for k, x in model.state_dict().items()}, 0
+        history.append(dict(epoch=epoch, train_loss=float(np.mean(tr)), val_loss=v,
+                            seconds=time.perf_counter() - t0))
+        if v < best - 1e-4:
+            best, best_state, bad = v, {k: x.detach().clone() for k, x in model.state_dict().items()}, 0
         else: bad += 1
         if bad >= cfg.patience: break
     model.load_state_dict(best_state)
     return history
 
 # %% ../nbs/10_worldmodel.ipynb
-def z_bounds(scalers) -> tuple[np.ndarray, np.ndarray]:
-    "Standardized clip bounds of the 39 features (training 0.1 / 99.9 percentiles; urine through log1p)."
-    lo = np.array([scalers.low[f] for f in FEATURES]); hi = np.array([scalers.high[f] for f in FEATURES])
-    lo[URINE], hi[URINE] = np.log1p(lo[URINE]), np.log1p(hi[URINE])
-    mu = np.array([scalers.mean[f] for f in FEATURES]); sd = np.array([scalers.sd[f] for f in FEATURES])
-    return ((lo - mu) / sd).astype(np.float32), ((hi - mu) / sd).astype(np.float32)
-
-def destandardize(z: np.ndarray, scalers) -> np.ndarray:
-    "Standardized [..., 39] -> clinical units (urine back through expm1)."
-    mu = np.array([scalers.mean[f] for f in FEATURES]); sd = np.array([scalers.sd[f] for f in FEATURES])
-    x = np.asarray(z, dtype=np.float64) * sd + mu
-    x[..., URINE] = np.maximum(np.expm1(x[..., URINE]), 0.0)   # float rounding at 0 mL must not show as negative urine
-    return x
+def destandardize(z: np.ndarray, # [..., 39] standardized
+                  scalers: Scalers, # the episodes' scalers
+                 ) -> np.ndarray:
+    "Standardized [..., 39] -> clinical units: `scalers.destandardize(z)`, kept here for `34_teacher`."
+    return scalers.destandardize(z)
 
 class WorldModel:
     "State model + outcome model + the bounds and metadata needed to use them."
-    def __init__(self, state: StateModel, outcome: OutcomeModel, cfg: WorldModelConfig, z_low, z_high, meta: dict | None = None):
+    def __init__(self, state: StateModel, outcome: OutcomeModel, cfg: WorldModelConfig, z_low, z_high,
+                 meta: dict | None = None):
         self.state, self.outcome, self.cfg = state.eval(), outcome.eval(), cfg
         self.z_low, self.z_high = torch.as_tensor(z_low), torch.as_tensor(z_high)
         self.meta = meta or {}
@@ -280,7 +302,8 @@ class WorldModel:
     def predict(self, obs, mask, static, action) -> dict:
         "Windows -> mu, sigma, vent_prob, mask_prob (all tensors)."
         mu, log_sigma, vent_logit, mask_logits = self.state(obs, mask, static, action)
-        return dict(mu=mu, sigma=log_sigma.exp(), vent_prob=torch.sigmoid(vent_logit.squeeze(-1)), mask_prob=torch.sigmoid(mask_logits))
+        return dict(mu=mu, sigma=log_sigma.exp(), vent_prob=torch.sigmoid(vent_logit.squeeze(-1)),
+                    mask_prob=torch.sigmoid(mask_logits))
 
     @torch.no_grad()
     def mortality(self, obs, mask, static, action) -> torch.Tensor:
@@ -292,11 +315,13 @@ class WorldModel:
         return torch.maximum(torch.minimum(z, self.z_high), self.z_low)
 
     def save(self, path: Path | str):
-        torch.save(dict(config=asdict(self.cfg), state_model=self.state.state_dict(), outcome_model=self.outcome.state_dict(),
+        torch.save(dict(config=asdict(self.cfg), state_model=self.state.state_dict(),
+                        outcome_model=self.outcome.state_dict(),
                         z_low=self.z_low, z_high=self.z_high, meta=self.meta), path)
 
     @classmethod
-    def load(cls, path: Path | str, expect_features: list[str] | None = None, expect_profile: str | None = None) -> 'WorldModel':
+    def load(cls, path: Path | str, expect_features: list[str] | None = None,
+             expect_profile: str | None = None) -> 'WorldModel':
         "Load a checkpoint, checking that it was made for these features (and profile)."
         ck = torch.load(path, map_location='cpu', weights_only=False)
         cfg = WorldModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ck['config'].items()})
@@ -304,28 +329,35 @@ class WorldModel:
             raise ValueError(f"{path} was trained on other features ({len(cfg.features)}; first differences: "
                              f"{[(a, b) for a, b in zip(cfg.features, expect_features) if a != b][:3]})")
         if expect_profile is not None and ck['meta'].get('profile') != expect_profile:
-            raise ValueError(f"{path} was trained for profile {ck['meta'].get('profile')!r}, not {expect_profile!r}")
+            raise ValueError(f"{path} was trained for profile {ck['meta'].get('profile')!r}, not "
+                             f"{expect_profile!r}")
         state, outcome = StateModel(cfg), OutcomeModel(cfg)
-        state.load_state_dict(ck['state_model']); outcome.load_state_dict(ck['outcome_model'])
+        state.load_state_dict(ck['state_model'])
+        outcome.load_state_dict(ck['outcome_model'])
         return cls(state, outcome, cfg, ck['z_low'], ck['z_high'], ck['meta'])
 
-def train_world_model(ep: Episodes, cfg: WorldModelConfig, device: str = 'cpu', meta: dict | None = None) -> tuple[WorldModel, dict]:
+def train_world_model(ep: Episodes, cfg: WorldModelConfig, device: str = 'cpu',
+                      meta: dict | None = None) -> tuple[WorldModel, dict]:
     "Train the state and outcome models on the training split with validation early stopping."
     seed_everything(cfg.seed)
     train, val = EpisodeArrays.from_episodes(ep, 'train'), EpisodeArrays.from_episodes(ep, 'val')
     state, outcome = StateModel(cfg), OutcomeModel(cfg)
     t0 = time.perf_counter()
-    h_state = fit(state, state_loss, train, val, train.transitions(), val.transitions(), cfg, device, f'state model ({cfg.backbone})')
+    h_state = fit(state, state_loss, train, val, train.transitions(), val.transitions(), cfg, device,
+                  f'state model ({cfg.backbone})')
     t1 = time.perf_counter()
-    h_out = fit(outcome, outcome_loss, train, val, train.steps(), val.steps(), cfg, device, f'outcome model ({cfg.backbone})')
+    h_out = fit(outcome, outcome_loss, train, val, train.steps(), val.steps(), cfg, device,
+                f'outcome model ({cfg.backbone})')
     t2 = time.perf_counter()
-    lo, hi = z_bounds(ep.scalers)
+    lo, hi = ep.scalers.bounds()
     info = dict(state_history=h_state, outcome_history=h_out, state_seconds=t1 - t0, outcome_seconds=t2 - t1,
                 state_epochs=len(h_state), outcome_epochs=len(h_out),
                 train_transitions=len(train.transitions()), device=device)
-    return WorldModel(state.cpu(), outcome.cpu(), cfg, lo, hi, dict(meta or {}, **{k: v for k, v in info.items() if 'history' not in k})), info
+    return WorldModel(state.cpu(), outcome.cpu(), cfg, lo, hi,
+                      dict(meta or {}, **{k: v for k, v in info.items() if 'history' not in k})), info
 
-def load_or_train_world_model(profile: Profile | str | None = None, backbone: str | None = None, force: bool = False) -> WorldModel:
+def load_or_train_world_model(profile: Profile | str | None = None, backbone: str | None = None,
+                              force: bool = False) -> WorldModel:
     "The profile's world model with `backbone`, trained (and cached in results/<profile>/models/) if needed."
     profile = get_profile(profile)
     cfg = WorldModelConfig.for_profile(profile, backbone)
@@ -334,7 +366,8 @@ def load_or_train_world_model(profile: Profile | str | None = None, backbone: st
                   episodes=upstream_key(processed_dir(profile) / 'episodes'))
     path = results_dir(profile, 'models') / f'wm_{cfg.backbone}.pt'
     def build(tmp: Path):
-        wm, info = train_world_model(ep, cfg, get_device(profile), meta=dict(profile=profile.name, backbone=cfg.backbone))
+        wm, info = train_world_model(ep, cfg, get_device(profile),
+                                     meta=dict(profile=profile.name, backbone=cfg.backbone))
         wm.save(tmp)
         (path.parent / f'wm_{cfg.backbone}_history.json').write_text(json.dumps(
             dict(state=info['state_history'], outcome=info['outcome_history']), indent=1))
@@ -361,24 +394,30 @@ def one_step_predictions(wm: WorldModel, data: EpisodeArrays) -> dict:
         i = idx[sl]
         p = wm.predict(*data.window(i, wm.cfg.state_window))
         ep, t = i[:, 0], i[:, 1]
-        return dict(mu=p['mu'], sigma=p['sigma'], vent_prob=p['vent_prob'], mask_prob=p['mask_prob'], prev=data.obs[ep, t],
-                    target=data.obs[ep, t + 1], next_masks=data.masks[ep, t + 1], next_vent=data.vent[ep, t + 1])
+        return dict(mu=p['mu'], sigma=p['sigma'], vent_prob=p['vent_prob'], mask_prob=p['mask_prob'],
+                    prev=data.obs[ep, t],
+                    target=data.obs[ep, t + 1], next_masks=data.masks[ep, t + 1],
+                    next_vent=data.vent[ep, t + 1])
     return _batched(run, len(idx))
 
 def expected_next(mu: torch.Tensor, prev: torch.Tensor, mask_prob: torch.Tensor) -> torch.Tensor:
-    "Model expectation of the full next vector: mu if measured, the carried-forward value if not (urine always measured)."
+    ("Model expectation of the full next vector: mu if measured, the carried-forward value if not (urine "
+     "always measured).")
     p = measured_weights(mask_prob)
     return p * mu + (1 - p) * prev
 
 def ece(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     "Expected calibration error with equal-width bins."
     b = np.minimum((prob * bins).astype(int), bins - 1)
-    return float(sum(abs(prob[b == k].mean() - y[b == k].mean()) * (b == k).mean() for k in range(bins) if (b == k).any()))
+    return float(sum(abs(prob[b == k].mean() - y[b == k].mean()) * (b == k).mean()
+                     for k in range(bins) if (b == k).any()))
 
 def rollout_mae(wm: WorldModel, data: EpisodeArrays, horizon: int = 6) -> np.ndarray:
-    "MAE (measured features) of open-loop mean rollouts at horizons 1..horizon, from every step with that many steps ahead."
+    ("MAE (measured features) of open-loop mean rollouts at horizons 1..horizon, from every step with that "
+     "many steps ahead.")
     W = wm.cfg.state_window
-    idx = torch.tensor([(i, s) for i, n in enumerate(data.lengths.tolist()) for s in range(n - horizon)], dtype=torch.long).reshape(-1, 2)
+    idx = torch.tensor([(i, s) for i, n in enumerate(data.lengths.tolist()) for s in range(n - horizon)],
+                       dtype=torch.long).reshape(-1, 2)
     err, cnt = np.zeros(horizon), np.zeros(horizon)
     for b in range(0, len(idx), 2048):
         i = idx[b:b + 2048]
@@ -388,9 +427,11 @@ def rollout_mae(wm: WorldModel, data: EpisodeArrays, horizon: int = 6) -> np.nda
             p = wm.predict(o, m, s, a)
             nxt = wm.clip(expected_next(p['mu'], o[:, -1], p['mask_prob']))
             target, w = data.obs[ep, t + h + 1], measured_weights(data.masks[ep, t + h + 1])
-            err[h] += ((nxt - target).abs() * w).sum().item(); cnt[h] += w.sum().item()
+            err[h] += ((nxt - target).abs() * w).sum().item()
+            cnt[h] += w.sum().item()
             act_next = two_hot(data.actions[ep, (t + h + 1).clamp(max=data.actions.shape[1] - 1)])
-            o = torch.cat([o[:, 1:], nxt[:, None]], 1); m = torch.cat([m[:, 1:], (p['mask_prob'] > 0.5).float()[:, None]], 1)
+            o = torch.cat([o[:, 1:], nxt[:, None]], 1)
+            m = torch.cat([m[:, 1:], (p['mask_prob'] > 0.5).float()[:, None]], 1)
             a = torch.cat([a[:, 1:], act_next[:, None]], 1)
     return err / np.maximum(cnt, 1)
 
@@ -409,40 +450,49 @@ def evaluate_world_model(wm: WorldModel, ep: Episodes, split: str = 'test') -> d
     return dict(one_step_mae=float((abs_err * w).sum() / w.sum()), one_step_mae_all=float(full.mean()),
                 per_feature_mae=dict(zip(FEATURES, per_feature.round(4).tolist())),
                 vent_auroc=float(roc_auc_score(p['next_vent'].numpy(), p['vent_prob'].numpy())),
-                mask_auroc=float(roc_auc_score(p['next_masks'].numpy().ravel(), p['mask_prob'].numpy().ravel())),
-                outcome_auroc=float(roc_auc_score(y, death)), outcome_auprc=float(average_precision_score(y, death)),
+                mask_auroc=float(roc_auc_score(p['next_masks'].numpy().ravel(),
+                                               p['mask_prob'].numpy().ravel())),
+                outcome_auroc=float(roc_auc_score(y, death)),
+                outcome_auprc=float(average_precision_score(y, death)),
                 outcome_ece=ece(death, y), rollout_mae=rollout_mae(wm, data).round(4).tolist(),
                 n_episodes=len(data), n_transitions=len(p['mu']), death_prob=death, died_90d=y)
 
 # %% ../nbs/10_worldmodel.ipynb
-def standardize_raw(raw: np.ndarray, prev_z: np.ndarray, scalers) -> np.ndarray:
-    "Raw next states [..., 39] (NaN = unmeasured) -> standardized, unmeasured carried forward from prev_z, urine NaN -> 0."
-    low = np.array([scalers.low[f] for f in FEATURES]); high = np.array([scalers.high[f] for f in FEATURES])
-    mu = np.array([scalers.mean[f] for f in FEATURES]); sd = np.array([scalers.sd[f] for f in FEATURES])
+def standardize_raw(raw: np.ndarray, # [..., 39] raw next states, clinical units (NaN: unmeasured)
+                    prev_z: np.ndarray, # [..., 39] (broadcasts) the standardized states they follow
+                    scalers: Scalers, # the episodes' scalers
+                   ) -> np.ndarray:
+    "Standardized next states: clipped, unmeasured carried forward from `prev_z`, no urine charted = 0 mL."
     x = np.array(raw, dtype=np.float64)
     x[..., URINE] = np.nan_to_num(x[..., URINE], nan=0.0)
-    x = np.clip(x, low, high)
-    x[..., URINE] = np.log1p(x[..., URINE])
-    z = (x - mu) / sd
+    z = scalers.standardize(scalers.clip(x))
     return np.where(np.isnan(z), prev_z, z)
 
-def simulator_noise_floor(profile: Profile, ep: Episodes, split: str = 'test', replicas: int | None = None) -> dict:
+def simulator_noise_floor(profile: Profile, ep: Episodes, split: str = 'test',
+                          replicas: int | None = None) -> dict:
     "One-step MAE of SynthICU's own expected next state on `split` (same metrics as `evaluate_world_model`)."
     from sepsisagent.synthicu import SynthICU, load_or_build_synthicu, branch_next_states
-    if profile.source != 'synthicu': raise ValueError(f"The noise floor needs SynthICU's truth; profile {profile.name!r} reads {profile.source!r}")
-    R = replicas or profile.truth_replicas
+    if profile.source != 'synthicu':
+        raise ValueError(f"The noise floor needs SynthICU's truth; profile {profile.name!r} "
+                         f"reads {profile.source!r}")
+    R = replicas or profile.worldmodel.noise_floor_replicas
     data = EpisodeArrays.from_episodes(ep, split)
     idx = data.transitions().numpy()
     e, t = idx[:, 0], idx[:, 1]
-    futures = branch_next_states(SynthICU(load_or_build_synthicu(profile)), data.stay_id[e], t, replicas=R)   # [P, R, 39]
+    # [P, R, 39]
+    futures = branch_next_states(SynthICU(load_or_build_synthicu(profile)), data.stay_id[e], t, replicas=R)
     prev = data.obs[e, t].numpy()[:, None, :]
     z = standardize_raw(futures, prev, ep.scalers)                                   # [P, R, 39]
-    measured = ~np.isnan(futures); measured[..., URINE] = True
+    measured = ~np.isnan(futures)
+    measured[..., URINE] = True
     z_meas = np.where(measured, z, np.nan)
-    expect_meas = np.where(measured.any(1), np.nanmean(np.where(measured.any(1, keepdims=True), z_meas, 0), 1), z.mean(1))
+    expect_meas = np.where(measured.any(1),
+                           np.nanmean(np.where(measured.any(1, keepdims=True), z_meas, 0), 1), z.mean(1))
     target = data.obs[e, t + 1].numpy()
     w = measured_weights(data.masks[e, t + 1]).numpy()
     err = np.abs(expect_meas - target) * w
-    return dict(one_step_mae=float(err.sum() / w.sum()), one_step_mae_all=float(np.abs(z.mean(1) - target).mean()),
-                per_feature_mae=dict(zip(FEATURES, (err.sum(0) / np.maximum(w.sum(0), 1)).round(4).tolist())), replicas=R,
+    return dict(one_step_mae=float(err.sum() / w.sum()),
+                one_step_mae_all=float(np.abs(z.mean(1) - target).mean()),
+                per_feature_mae=dict(zip(FEATURES, (err.sum(0) / np.maximum(w.sum(0), 1)).round(4).tolist())),
+                replicas=R,
                 n_transitions=len(idx))

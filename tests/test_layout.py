@@ -131,10 +131,12 @@ def test_paper_checks_profile_before_the_first_notebook():
                                           cwd=ROOT, env={**__import__('os').environ, **env})
     bad = run('check', 'bogus')
     assert bad.returncode and 'bogus' in bad.stderr and 'quick' in bad.stderr
-    typo = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"wm_epoch": 2}')
-    assert typo.returncode and 'wm_epoch' in typo.stderr
-    wrong = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"wm_epochs": "two"}')
-    assert wrong.returncode and 'wm_epochs' in wrong.stderr
+    typo = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"worldmodel.epoch": 2}')
+    assert typo.returncode and 'worldmodel.epoch' in typo.stderr
+    wrong = run('check', 'quick', SEPSISAGENT_OVERRIDES='{"worldmodel.epochs": "two"}')
+    assert wrong.returncode and 'worldmodel.epochs' in wrong.stderr
+    shown = run('show', 'quick', SEPSISAGENT_OVERRIDES='{"stage3.beta": 0.5}')
+    assert shown.returncode == 0 and 'stage3.beta = 0.5' in shown.stdout, shown.stderr
     ok = run('check', 'quick')
     assert ok.returncode == 0 and ok.stdout.strip().endswith('quick'), ok.stderr
 
@@ -158,3 +160,21 @@ def test_the_repository_carries_its_own_references():
     cells = json.loads(paper.read_text())['cells']
     assert all(c['cell_type'] == 'markdown' for c in cells), 'nbs/paper.ipynb holds prose only'
     assert 'arXiv 2605.14723' in ''.join(''.join(c['source']) for c in cells)
+
+
+def test_readme_profile_table_is_generated_from_the_profiles():
+    "The README's knob table is `core.profile_table()`, so it cannot drift from the code."
+    from sepsisagent.core import profile_table
+    text = (ROOT / 'README.md').read_text()
+    m = re.search(r'<!-- profile-table:start -->\n(.*?)\n<!-- profile-table:end -->', text, re.S)
+    assert m, 'README.md lost its profile-table markers'
+    assert m.group(1).strip() == profile_table(), 'README profile table is stale: paste `python -m sepsisagent.core table`'
+
+
+def test_every_knob_lives_in_the_profile():
+    "One source of every knob: no notebook but 00_core keeps a per-profile table of sizes."
+    tables = re.compile(r"^(\w+)\s*(?::[^=]*)?=\s*\{\s*\n?\s*'(quick|default)'\s*:", re.M)
+    found = [f'{nb.name}: {m.group(1)}' for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb'))
+             if nb.name != '00_core.ipynb' for m in tables.finditer('\n'.join(_code_cells(nb)))]
+    assert not found, f'per-profile knob tables outside the Profile: {found}'
+    assert tables.search("RL_KNOBS = {\n    'quick':   dict(updates=2)}"), 'the check must see such a table'

@@ -10,7 +10,7 @@ from sepsisagent.synthicu import MIMIC_IV_COLUMNS
 from sepsisagent.mimic import MimicSource
 from sepsisagent.synthicu import SynthICU, build_synthicu, load_or_build_synthicu
 
-TINY = dict(synth_n_stays=40, synth_site_b_stays=10, synth_hours=16)
+TINY = {'synthicu.n_stays': 40, 'synthicu.site_b_stays': 10, 'synthicu.hours': 16}
 
 
 @pytest.fixture(scope='module')
