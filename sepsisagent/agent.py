@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import regex
 
-from .core import digest, module_fingerprint, read_meta
+from .core import digest, module_fingerprint, read_meta, checkpoint_identity
 from .prompts import (TOOLS, STYLES, MAP_IDX, LACTATE_IDX, check_style, patient_info,
                                  render_conversation_start, render_simulation_result,
                                  render_prescription_response, system_prompt_text)
@@ -30,9 +30,8 @@ __all__ = ['TOOL_NAMES', 'FAILURE_KINDS', 'MAX_CANDIDATES', 'TOOL_CALL_RE', 'MOD
            'DECODING_KEYS', 'LOOP_KEYS', 'Reply', 'Backend', 'tool_call_text', 'ToolCall', 'ParseFailure',
            'json_or_error', 'parse_tool_call', 'level_number', 'parse_level', 'parse_simulation_candidates',
            'parse_prescription', 'ScriptedBackend', 'PolicyBackend', 'log_messages', 'env_history', 'feedback_text',
-           'agent_guideline_checks', 'state_digest', 'checkpoint_identity', 'backend_identity', 'env_identity',
-           'run_identity', 'identity_diff', 'read_records', 'open_log', 'run_agent', 'agent_summary',
-           'transcript_markdown']
+           'agent_guideline_checks', 'state_digest', 'backend_identity', 'env_identity', 'run_identity',
+           'identity_diff', 'read_records', 'open_log', 'run_agent', 'agent_summary', 'transcript_markdown']
 
 # %% ../nbs/31_agent.ipynb
 @dataclass
@@ -571,17 +570,6 @@ def state_digest(obj, # arrays, tensors, containers, dataclasses, modules, funct
     return h.hexdigest()[:length]
 
 def _jsonable(x): return json.loads(json.dumps(x, default=str))
-
-def checkpoint_identity(path, # a checkpoint file or directory, or a hub id
-                       ) -> dict:
-    "A checkpoint's identity: its provenance sidecar's digest, else its files' names, sizes, times; a hub id."
-    p = Path(str(path))
-    if not p.exists(): return dict(id=str(path))
-    meta = read_meta(p)
-    if meta is not None: return dict(id=p.name, meta=digest(meta))
-    files = sorted(f for f in p.rglob('*') if f.is_file()) if p.is_dir() else [p]
-    rel = lambda f: str(f.relative_to(p)) if p.is_dir() else f.name
-    return dict(id=p.name, files=digest([(rel(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
 
 def backend_identity(backend: Backend) -> dict:
     "What identifies a backend's replies: class, name, repr, code, what it exposes, `identity`, checkpoint."

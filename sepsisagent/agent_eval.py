@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Profile, get_profile, section_knobs, derive_seed, results_dir, read_meta, digest
+from .core import (Profile, get_profile, section_knobs, derive_seed, results_dir, read_meta,
+                              digest,
+                              checkpoint_tag)
 from .synthicu import FEATURES
 from .ope import GAMMA, N_ACTIONS, evaluate_policy, soften
 from .safety import policy_safety
@@ -23,8 +25,8 @@ from .worldmodel import EpisodeArrays
 from .truth import true_values
 
 # %% auto 0
-__all__ = ['PAPER_ABLATION', 'eval_knobs', 'eval_episodes', 'logged_policy', 'agent_safety', 'subset_ope', 'checkpoint_tag',
-           'evaluate_agent', 'DecisionEnv', 'AgentPolicy', 'agent_truth', 'ablation_table']
+__all__ = ['PAPER_ABLATION', 'eval_knobs', 'eval_episodes', 'logged_policy', 'agent_safety', 'subset_ope', 'evaluate_agent',
+           'DecisionEnv', 'AgentPolicy', 'agent_truth', 'ablation_table']
 
 # %% ../nbs/50_agent_eval.ipynb
 def eval_knobs(profile: Profile | str | None = None, **overrides) -> dict:
@@ -79,11 +81,6 @@ def subset_ope(test, # `truth.LoggedData` of the whole test split
     return {k: v for k, v in out.items() if k != 'replicates'} | dict(n_ope=int(keep.sum()))
 
 # %% ../nbs/50_agent_eval.ipynb
-def checkpoint_tag(path) -> str:
-    "A short id of a checkpoint directory's build (its provenance), for file names."
-    meta = read_meta(Path(path)) if path is not None else None
-    return digest(meta or str(path), 8)
-
 def evaluate_agent(name: str, # row id, used in file names
                    backend, # any `agent.Backend`
                    env, # test-split `SepsisEnv` (num_envs conversations at a time)

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, Profile, get_profile, results_dir, build_once, provenance,
+from .core import (upstream_key, checkpoint_identity, Profile, get_profile, results_dir,
+                              build_once,
+                              provenance,
                               module_fingerprint, derive_seed, read_meta, digest)
 from .prompts import (TOOLS, check_style, system_prompt_text, render_conversation_start,
                                  render_simulation_result, patient_info)
@@ -22,7 +24,7 @@ from .agent import (Backend, Reply, ToolCall, MAX_CANDIDATES, run_agent, read_re
                                parse_prescription, env_history, ParseFailure)
 from .backends import api_messages
 from .sft import (curriculum_knobs, stage_knobs, train_args, stage_dir, check_checkpoint,
-                             train_sft, to_dataset, checkpoint_inputs,
+                             train_sft, to_dataset,
                              episodes_inputs, library_versions, load_or_train_stage1, render_chat)
 
 # %% auto 0
@@ -476,7 +478,7 @@ def load_or_train_stage2(profile: Profile | str | None = None, # profile (name)
     t_tr = time.time() - t0
     inputs = dict(code=module_fingerprint('sepsisagent.bc'), sft=module_fingerprint('sepsisagent.sft'),
                   backends=module_fingerprint('sepsisagent.backends'),
-                  knobs=stage_knobs(knobs, 2), base=checkpoint_inputs(base_path),
+                  knobs=stage_knobs(knobs, 2), base=checkpoint_identity(base_path),
                   episodes=episodes_inputs(prof), transcripts=upstream_key(tr), libraries=library_versions())
     def build(tmp):
         t1 = time.time()

@@ -19,8 +19,8 @@ __all__ = ['RENAMED_KNOBS', 'PROFILES', 'PROFILE_ENV', 'OVERRIDES_ENV', 'BASE_MO
            'env_overrides', 'section_knobs', 'source_label', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
            'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
            'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'upstream_key',
-           'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device', 'preflight', 'show_profile',
-           'profile_table', 'core_main']
+           'checkpoint_identity', 'checkpoint_tag', 'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress',
+           'get_device', 'preflight', 'show_profile', 'profile_table', 'core_main']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -454,6 +454,21 @@ def upstream_key(path: Path | str) -> str:
         raise FileNotFoundError(f"{path} has no provenance sidecar ({sidecar_path(path).name}): "
                                 "build it first")
     return digest(meta['inputs'])
+
+def checkpoint_identity(path, # a model checkpoint (file or folder), or a hub id
+                       ) -> dict:
+    "A model's identity for cache keys: what built it (not where or when), else its files' sizes and times."
+    p = Path(str(path))
+    if not p.exists(): return dict(id=str(path))                 # a hub id: its name is all we have
+    meta = read_meta(p)
+    if meta is not None and 'inputs' in meta: return dict(inputs=digest(meta['inputs']))   # = upstream_key
+    files = sorted(f for f in p.rglob('*') if f.is_file()) if p.is_dir() else [p]
+    rel = lambda f: str(f.relative_to(p)) if p.is_dir() else f.name
+    return dict(name=p.name, files=digest([(rel(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
+
+def checkpoint_tag(path, length: int = 8) -> str:
+    "`checkpoint_identity` as a short tag, for file names."
+    return digest(checkpoint_identity(path), length)
 
 # %% ../nbs/00_core.ipynb
 @contextlib.contextmanager

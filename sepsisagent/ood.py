@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (upstream_key, Profile, get_profile, section_knobs, processed_dir, results_dir,
+from .core import (upstream_key, checkpoint_tag, Profile, get_profile, section_knobs, processed_dir,
+                              results_dir,
                               build_once, provenance,
                               module_fingerprint, read_meta, derive_seed, source_label, digest)
 from .mimic import MimicSource, build_raw_data
@@ -22,13 +23,13 @@ from .episodes import (Episodes, Scalers, fitted_episodes, save_episodes, read_e
                                   load_or_build_episodes)
 from .safety import prescriber_view, policy_safety
 from .env import SepsisEnv, make_env, run_episodes, clinician_policy
-from .agent_eval import evaluate_agent, eval_episodes, checkpoint_tag
+from .agent_eval import evaluate_agent, eval_episodes
 
 # %% auto 0
 __all__ = ['METRICS', 'check_site_dir', 'site_b_dir', 'site_cohort', 'site_fingerprint', 'load_or_build_site_b_episodes',
            'episode_site_summary', 'site_comparison', 'out_of_range', 'range_note', 'ood_knobs', 'site_episodes',
-           'clinician_row', 'run_tag', 'agent_row', 'curriculum_checkpoints', 'checkpoint_id', 'true_clinician_row',
-           'policy_table', 'fmt_numbers', 'ood_markdown']
+           'clinician_row', 'agent_row', 'curriculum_checkpoints', 'true_clinician_row', 'policy_table', 'fmt_numbers',
+           'ood_markdown']
 
 # %% ../nbs/51_ood.ipynb
 def check_site_dir(path: Path | str, # a folder that should hold hosp/ and icu/
@@ -175,10 +176,6 @@ def clinician_row(env: SepsisEnv, # a site's test-split environment
     return dict(n_episodes=len(idx), wm_survival_pct=100 * (1 - float(np.mean(died))),
                 wm_avg_return=float(np.mean(rets)), adherence_pct=safety['adherence_pct'], failed=0)
 
-def run_tag(*parts) -> str:
-    "A short hash of everything that decides a run's records, for file names."
-    return digest(parts, 10)
-
 def agent_row(name: str, # row id (file names)
               backend, # an `agent.Backend`
               env: SepsisEnv, # a site's test-split environment
@@ -186,7 +183,7 @@ def agent_row(name: str, # row id (file names)
               prompt: dict, # style, memory, last_k, max_invalid (`rl.rl_knobs`)
               max_new_tokens: int, # `agent_eval.eval_knobs`
               out_dir: Path | None = None, # where the rollout JSONL goes (None: not saved)
-              tag: str = '', # identifies the inputs (`run_tag`)
+              tag: str = '', # identifies the inputs (a `digest` of them)
               seed: int = 0, # backend sampling seed
              ) -> dict:
     "`agent_eval.evaluate_agent` in rollout mode only, with the keys of `clinician_row`."
@@ -203,11 +200,6 @@ def curriculum_checkpoints(profile: Profile | str | None = None) -> dict:
     ok = lambda p: ((p / 'config.json').exists() and any(p.glob('*.safetensors'))
                     or (p / 'pytorch_model.bin').exists())
     return {s: (models / s if ok(models / s) else None) for s in ('stage1', 'stage2', 'stage3')}
-
-def checkpoint_id(path: Path) -> str:
-    "`checkpoint_tag` plus the weights' size and time: a rebuild without provenance still gets a new id."
-    w = sorted(Path(path).glob('*.safetensors')) + sorted(Path(path).glob('pytorch_model.bin'))
-    return checkpoint_tag(path) + ':' + ','.join(f"{p.stat().st_size}@{p.stat().st_mtime_ns}" for p in w)
 
 # %% ../nbs/51_ood.ipynb
 def true_clinician_row(hospital, # `synthicu.SynthICU` of the site

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, Profile, get_profile, section_knobs, results_dir, build_once,
+from .core import (upstream_key, checkpoint_identity, Profile, get_profile, section_knobs,
+                              results_dir, build_once,
                               provenance, module_fingerprint, derive_seed, read_meta, launch_rank)
 from .env import SepsisEnv, make_env
 from .agent import run_agent
 from .backends import TransformersBackend
-from .sft import check_checkpoint, checkpoint_inputs
+from .sft import check_checkpoint
 from .bc import conversation_tokens, load_or_train_stage2
 from .prompts import TOOLS
 
@@ -221,7 +222,7 @@ def load_or_train_stage3(profile: Profile | str | None = None,
     knobs = rl_knobs(prof, **overrides)
     base = Path(base) if base is not None else Path(load_or_train_stage2(prof))
     inputs = dict(code=module_fingerprint('sepsisagent.rl'), agent=module_fingerprint('sepsisagent.agent'),
-                  knobs=knobs, base=checkpoint_inputs(base),
+                  knobs=knobs, base=checkpoint_identity(base),
                   world_model=upstream_key(results_dir(prof, 'models') / f'wm_{prof.worldmodel.backbone}.pt'))
     return build_once(results_dir(prof, 'models') / 'stage3',
                       lambda tmp: train_stage3(base, tmp, prof, knobs),

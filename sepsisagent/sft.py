@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, Profile, PROFILES, get_profile, section_knobs, results_dir,
+from .core import (upstream_key, checkpoint_identity, Profile, PROFILES, get_profile, section_knobs,
+                              results_dir,
                               processed_dir,
                               build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
                              derive_seed, read_meta, digest)
@@ -35,7 +36,7 @@ __all__ = ['TRAIN_STAGE_ARGS', 'TRAIN_SHARED_ARGS', 'PROMPT_KNOBS', 'FORECAST_FE
            'decision_labels', 'dynamics_examples', 'stage1_examples', 'to_dataset', 'kept_global_state',
            'distributed_knobs', 'sft_trainer', 'prompt_lengths', 'probe_loss', 'train_sft', 'render_chat',
            'answer_token_ids', 'yes_probability', 'generate_greedy', 'outcome_prompts', 'outcome_metrics',
-           'forecast_mae', 'checkpoint_inputs', 'episodes_inputs', 'library_versions', 'load_or_train_stage1']
+           'forecast_mae', 'episodes_inputs', 'library_versions', 'load_or_train_stage1']
 
 # %% ../nbs/40_stage1_sft.ipynb
 TRAIN_STAGE_ARGS = ('epochs', 'lr', 'batch', 'grad_accum', 'max_steps')
@@ -591,16 +592,6 @@ def forecast_mae(path: str | Path, # checkpoint directory
     return df
 
 # %% ../nbs/40_stage1_sft.ipynb
-def checkpoint_inputs(path: str | Path) -> dict:
-    "A checkpoint's cache key: its provenance (built here) or its files' sizes and times (downloaded)."
-    p = Path(path)
-    meta = read_meta(p)
-    if meta is not None:
-        # not its path or build time: a clone elsewhere is the same model
-        return dict(inputs=upstream_key(p))
-    return dict(name=p.name, files=digest({f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-                                           for f in sorted(p.iterdir()) if f.is_file()}))
-
 def episodes_inputs(prof: Profile) -> dict:
     "The episodes' provenance, for cache keys."
     return dict(inputs=upstream_key(processed_dir(prof) / 'episodes'))
@@ -623,7 +614,8 @@ def load_or_train_stage1(profile: Profile | str | None = None, # profile (name)
     ep = load_or_build_episodes(prof)
     inputs = dict(code=module_fingerprint('sepsisagent.sft'),
                   prompts=module_fingerprint('sepsisagent.prompts'), knobs=stage_knobs(knobs, 1),
-                  base=checkpoint_inputs(base), episodes=episodes_inputs(prof), libraries=library_versions())
+                  base=checkpoint_identity(base), episodes=episodes_inputs(prof),
+                  libraries=library_versions())
     def build(tmp):
         t0 = time.time()
         ex = stage1_examples(ep, knobs, derive_seed(prof.seed, 'stage1', 'data'))
