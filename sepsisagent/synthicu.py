@@ -1434,23 +1434,10 @@ def _dictionaries() -> tuple[pd.DataFrame, pd.DataFrame]:
                          columns=['itemid', 'label', 'fluid', 'category'])
     return d_items, d_lab
 
-def write_site(res: SimResult, # a simulation of one site
-               site: Site, out: Path, # folder that receives hosp/ and icu/
-               ) -> tuple[pd.DataFrame, dict]:
-    "Write one site's simulation as MIMIC-IV v2.2 tables; return the stay identifiers/times and row counts."
-    import duckdb
-    crn = CRN(res.params.seed.to_numpy(np.uint64))
-    ids = _stay_times(res, site, crn)
-    p = res.params
-    first = ids.readmission_of.to_numpy() < 0
-    con = duckdb.connect()
-    # (inside Jupyter this needs ipywidgets, a declared dependency)
-    con.execute('SET enable_progress_bar = false')
-    counts = {}
-    join = lambda ev: ev.merge(ids[['stay_idx', 'subject_id', 'hadm_id', 'stay_id']],
-                               on='stay_idx', how='left')
-    hosp, icu = out / 'hosp', out / 'icu'
-    # -- hosp
+def _write_hosp(con, res: SimResult, ids: pd.DataFrame, crn: CRN, join, first: np.ndarray,
+                out: Path) -> dict:
+    "The hosp/ tables of one site (patients and admissions once per first stay); row counts by table."
+    p, counts = res.params, {}
     pat = pd.DataFrame(dict(subject_id=ids.subject_id, gender=np.where(p.female, 'F', 'M'),
                             anchor_age=np.floor(p.age).astype(int), anchor_year=ids.intime.dt.year,
                             anchor_year_group='2017 - 2019',
@@ -1475,9 +1462,12 @@ def write_site(res: SimResult, # a simulation of one site
     dx = _diagnoses(res, ids)
     dx = join(dx)[first[dx.stay_idx]]
     counts['hosp/diagnoses_icd'] = _write(con, dx, 'hosp/diagnoses_icd', out)
-    d_items, d_lab = _dictionaries()
-    counts['hosp/d_labitems'] = _write(con, d_lab, 'hosp/d_labitems', out)
-    # -- icu
+    counts['hosp/d_labitems'] = _write(con, _dictionaries()[1], 'hosp/d_labitems', out)
+    return counts
+
+def _write_icu(con, res: SimResult, site: Site, ids: pd.DataFrame, crn: CRN, join, out: Path) -> dict:
+    "The icu/ tables of one site; row counts by table."
+    counts = {}
     stays = pd.DataFrame(dict(subject_id=ids.subject_id, hadm_id=ids.hadm_id, stay_id=ids.stay_id,
                               first_careunit=np.array(site.careunits)[ids.stay_idx % len(site.careunits)],
                               intime=ids.intime, outtime=ids.outtime, los=np.round(res.end_hour / 24, 4)))
@@ -1502,7 +1492,24 @@ def write_site(res: SimResult, # a simulation of one site
                                                 ordercategorydescription="'Task'", isopenbag='0',
                                                 continueinnextdept='0', statusdescription="'FinishedRunning'",
                                                 location='NULL', locationcategory='NULL'))
-    counts['icu/d_items'] = _write(con, d_items, 'icu/d_items', out)
+    counts['icu/d_items'] = _write(con, _dictionaries()[0], 'icu/d_items', out)
+    return counts
+
+def write_site(res: SimResult, # a simulation of one site
+               site: Site, out: Path, # folder that receives hosp/ and icu/
+               ) -> tuple[pd.DataFrame, dict]:
+    "Write one site's simulation as MIMIC-IV v2.2 tables; return the stay identifiers/times and row counts."
+    import duckdb
+    crn = CRN(res.params.seed.to_numpy(np.uint64))
+    ids = _stay_times(res, site, crn)
+    first = ids.readmission_of.to_numpy() < 0          # a second ICU stay adds no patient or admission row
+    con = duckdb.connect()
+    # (inside Jupyter this needs ipywidgets, a declared dependency)
+    con.execute('SET enable_progress_bar = false')
+    join = lambda ev: ev.merge(ids[['stay_idx', 'subject_id', 'hadm_id', 'stay_id']],
+                               on='stay_idx', how='left')
+    counts = _write_hosp(con, res, ids, crn, join, first, out)
+    counts |= _write_icu(con, res, site, ids, crn, join, out)
     con.close()
     return ids, counts
 
