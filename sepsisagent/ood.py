@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (upstream_key, checkpoint_tag, Profile, get_profile, section_knobs, processed_dir,
-                              results_dir,
+from .core import (upstream_key, checkpoint_tag, Profile, get_profile, section_knobs,
+                              processed_dir, results_dir,
                               build_once, provenance,
                               module_fingerprint, read_meta, derive_seed, source_label, digest)
 from .mimic import MimicSource, build_raw_data

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import (upstream_key, checkpoint_identity, Profile, PROFILES, get_profile, section_knobs,
-                              results_dir,
-                              processed_dir,
+from .core import (upstream_key, checkpoint_identity, Profile, PROFILES, get_profile,
+                              section_knobs, results_dir, processed_dir,
                               build_once, provenance, module_fingerprint, launch_rank, BASE_MODEL_ENV,
                              derive_seed, read_meta, digest)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label,

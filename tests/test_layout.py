@@ -178,3 +178,17 @@ def test_every_knob_lives_in_the_profile():
              if nb.name != '00_core.ipynb' for m in tables.finditer('\n'.join(_code_cells(nb)))]
     assert not found, f'per-profile knob tables outside the Profile: {found}'
     assert tables.search("RL_KNOBS = {\n    'quick':   dict(updates=2)}"), 'the check must see such a table'
+
+
+def test_code_lines_are_short_and_exported_statements_unchained():
+    "Readable code: every notebook code line <= 110 characters; no `;`-chained statements in exported code."
+    import io, tokenize
+    long, chained = [], []
+    for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+        for cell in _code_cells(nb):
+            long += [f'{nb.name}: {l[:60]}...' for l in cell.splitlines() if len(l) > 110]
+            if not cell.startswith('#| export'): continue
+            toks = tokenize.generate_tokens(io.StringIO(cell).readline)
+            chained += [f'{nb.name}:{t.start[0]}' for t in toks if t.type == tokenize.OP and t.string == ';']
+    assert not long, f'{len(long)} code lines over 110 characters: {long[:5]}'
+    assert not chained, f'`;`-chained statements in exported code: {chained[:5]}'
