@@ -18,7 +18,7 @@ __all__ = ['FEATURE_INFO', 'PROMPT_VITALS', 'PROMPT_LABS', 'SIM_VITALS', 'SIM_LA
            'COMPACT_LAST_K', 'MAP_IDX', 'LACTATE_IDX', 'COMPACT_DECIMALS', 'TOOLS', 'SYSTEM_LINE', 'CALL_TO_ACTION',
            'CAUTION', 'QWEN2_SPLIT', 'QWEN_PRETOKENIZE', 'check_style', 'fmt_value', 'label', 'tool_block',
            'system_prompt_text', 'PatientInfo', 'patient_info', 'check_history', 'check_bins', 'history_sections',
-           'treatment_history', 'user_prompt_text', 'render_conversation_start', 'check_candidates',
+           'treatment_history', 'patient_text', 'user_prompt_text', 'render_conversation_start', 'check_candidates',
            'simulation_result_text', 'render_simulation_result', 'prescription_response_text',
            'render_prescription_response', 'conversation_text', 'token_estimate']
 
@@ -232,7 +232,7 @@ def _treatment_levels(bins, style: str) -> str:
             f"{lv(v, 2, 'mcg/kg/min')}\n"
             f"- IV fluid (total volume over the 4-hour window): {lv(f, 0, 'mL per 4 h')}")
 
-def _patient(info: PatientInfo, style: str) -> str:
+def patient_text(info: PatientInfo, style: str) -> str:
     g = {'F': 'Female', 'M': 'Male'}[info.gender]
     if style == 'compact': return f"## Patient Information\nAge {info.age:.0f}, {g}, Charlson {info.charlson}"
     return (f"## Patient Information\n- Age: {info.age:.0f} years\n- Gender: {g}\n"
@@ -284,7 +284,7 @@ def user_prompt_text(info: PatientInfo, # age, gender, Charlson of the patient
     "The initial user message."
     check_style(style)
     t, raw, masks, actions = check_history(history)
-    parts = [_ROLE[style], _patient(info, style), _NOTES[style], _treatment_levels(bins, style),
+    parts = [_ROLE[style], patient_text(info, style), _NOTES[style], _treatment_levels(bins, style),
              _TOOLS_TEXT[style], _RULES[style], history_sections(raw, masks, t, style, last_k)]
     if t: parts.append(treatment_history(actions, style, last_k).rstrip())
     return "\n\n".join(parts + [CALL_TO_ACTION[style]])

@@ -24,7 +24,7 @@ from .core import (upstream_key, checkpoint_identity, Profile, PROFILES, get_pro
                              derive_seed, read_meta, digest)
 from .prompts import (SYSTEM_LINE, SIM_VITALS, SIM_LABS, URINE, CAUTION, check_style, label,
                                  history_sections, treatment_history,
-                                 patient_info, simulation_result_text, _patient)
+                                 patient_info, simulation_result_text, patient_text)
 from .baselines import StateBatch, logged_states
 from .synthicu import FEATURES
 
@@ -145,7 +145,7 @@ def state_text(ep, # Episodes
               ) -> str:
     "Patient information and history of one decision, as in the agent's first prompt."
     t, lk = int(history['step']), _lk(style, last_k)
-    parts = [_patient(patient_info(ep, int(history['stay_id'])), style),
+    parts = [patient_text(patient_info(ep, int(history['stay_id'])), style),
              history_sections(np.asarray(history['raw'], float), np.asarray(history['masks']), t, style, lk)]
     if t: parts.append(treatment_history(np.asarray(history['actions'], int), style, lk).rstrip())
     return "\n\n".join(parts)

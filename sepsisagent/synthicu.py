@@ -276,9 +276,6 @@ class CRN:
         from scipy.special import ndtri
         return ndtri(self.uniform(hour, channel))
 
-# the old private names, used by 11_env until it imports the public ones
-_splitmix, _GOLD, _M1, _M2 = splitmix64, SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
-
 # %% ../nbs/01_synthicu.ipynb
 def sofa_components(pao2, fio2_pct, vent, platelet, bilirubin, meanbp, gcs_total, creatinine, urine_24h,
                     vaso_level=None, ned=None) -> dict[str, np.ndarray]:

@@ -192,3 +192,14 @@ def test_code_lines_are_short_and_exported_statements_unchained():
             chained += [f'{nb.name}:{t.start[0]}' for t in toks if t.type == tokenize.OP and t.string == ';']
     assert not long, f'{len(long)} code lines over 110 characters: {long[:5]}'
     assert not chained, f'`;`-chained statements in exported code: {chained[:5]}'
+
+
+def test_no_private_name_is_imported_across_modules():
+    "A module uses another's public names only: a private one is an implementation detail of its notebook."
+    import ast
+    found = []
+    for f in sorted((ROOT / 'sepsisagent').glob('*.py')):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('sepsisagent')):
+                found += [f'{f.stem} imports {node.module}.{a.name}' for a in node.names if a.name.startswith('_')]
+    assert not found, found
