@@ -138,7 +138,7 @@ def test_base_model_path_errors(tiny, tmp_path):
         base_model_path(get_profile('paper').override(base_model=None))
     with pytest.raises(FileNotFoundError, match='no-such-org/no-such-model'):   # a hub id this machine cannot fetch
         base_model_path(PROFILE, 'no-such-org/no-such-model')
-    with pytest.raises(TypeError, match='s1_learnig_rate'):
+    with pytest.raises(TypeError, match='stage1.learnig_rate'):
         curriculum_knobs(PROFILE, s1_learnig_rate=1.0)
 
 
