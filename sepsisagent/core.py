@@ -190,10 +190,10 @@ class Profile:
 
     def knobs(self) -> dict:
         "Every knob by its dotted name (`worldmodel.epochs`), switches first, in declaration order."
-        out = {}
+        out, sections = {}, set(self.sections())
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in self.sections():
+            if f.name in sections:
                 out |= {f'{f.name}.{k}': x for k, x in (asdict(v) if v is not None else {}).items()}
             else: out[f.name] = v
         return out
@@ -552,12 +552,12 @@ def show_profile(profile: str | Profile | None = None) -> str:
 
 def profile_table(names: Iterable[str] = ('quick', 'default', 'paper')) -> str:
     "A Markdown table of every knob (rows) in each profile (columns), as the README shows it."
-    profs = [PROFILES[n] for n in names]
-    keys = list(dict.fromkeys(k for p in profs for k in p.knobs() if k != 'name'))
-    cell = lambda p, k: f'`{p.knobs()[k]!r}`' if k in p.knobs() else '--'
-    rows = [f"| `{k}` | " + ' | '.join(cell(p, k) for p in profs) + ' |' for k in keys]
+    knobs = [PROFILES[n].knobs() for n in names]
+    keys = list(dict.fromkeys(k for kn in knobs for k in kn if k != 'name'))
+    cell = lambda kn, k: f'`{kn[k]!r}`' if k in kn else '--'
+    rows = [f"| `{k}` | " + ' | '.join(cell(kn, k) for kn in knobs) + ' |' for k in keys]
     head = '| knob | ' + ' | '.join(f'`{n}`' for n in names) + ' |'
-    return '\n'.join([head, '|---|' + '---|' * len(profs), *rows])
+    return '\n'.join([head, '|---|' + '---|' * len(knobs), *rows])
 
 def core_main(argv: list[str] | None = None):
     "`python -m sepsisagent.core check|show [profile]|table`: results folder, a profile, the README table."
