@@ -12,7 +12,7 @@ KERNEL  := sepsisagent
 # Every numbered notebook, in order (library notebooks 00-8x, benchmarks 9x).
 NOTEBOOKS := $(sort $(wildcard nbs/[0-9][0-9]_*.ipynb))
 # Notebooks that need what only SynthICU has (a second hospital): skipped when the profile reads MIMIC-IV.
-SYNTHICU_ONLY := nbs/51_ood.ipynb
+SYNTHICU_ONLY := nbs/12_counterfactual.ipynb nbs/51_ood.ipynb
 
 .PHONY: paper test lib data clean distclean install help
 .DEFAULT_GOAL := help

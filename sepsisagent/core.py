@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 
 # %% auto 0
 __all__ = ['RENAMED_KNOBS', 'PROFILES', 'PROFILE_ENV', 'OVERRIDES_ENV', 'BASE_MODEL_ENV', 'SynthICUKnobs', 'WorldModelKnobs',
-           'BaselineKnobs', 'OPEKnobs', 'TruthKnobs', 'TinyKnobs', 'CurriculumKnobs', 'Stage1Knobs', 'Stage2Knobs',
-           'Stage3Knobs', 'EvalKnobs', 'OODKnobs', 'Profile', 'unknown_knob', 'check_knob_type', 'get_profile',
-           'env_overrides', 'section_knobs', 'source_label', 'project_root', 'data_dir', 'results_dir', 'raw_dir',
-           'processed_dir', 'ensure_writable_dir', 'derive_seed', 'seed_everything', 'git_commit', 'provenance',
-           'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path', 'write_json', 'read_meta', 'upstream_key',
-           'checkpoint_identity', 'checkpoint_tag', 'file_lock', 'launch_rank', 'launch_id', 'build_once', 'progress',
-           'get_device', 'preflight', 'show_profile', 'profile_table', 'core_main']
+           'CounterfactualKnobs', 'BaselineKnobs', 'OPEKnobs', 'TruthKnobs', 'TinyKnobs', 'CurriculumKnobs',
+           'Stage1Knobs', 'Stage2Knobs', 'Stage3Knobs', 'EvalKnobs', 'OODKnobs', 'Profile', 'unknown_knob',
+           'check_knob_type', 'get_profile', 'env_overrides', 'section_knobs', 'source_label', 'project_root',
+           'data_dir', 'results_dir', 'raw_dir', 'processed_dir', 'ensure_writable_dir', 'derive_seed',
+           'seed_everything', 'git_commit', 'provenance', 'module_fingerprint', 'digest', 'sidecar_path', 'atomic_path',
+           'write_json', 'read_meta', 'upstream_key', 'checkpoint_identity', 'checkpoint_tag', 'file_lock',
+           'launch_rank', 'launch_id', 'build_once', 'progress', 'get_device', 'preflight', 'show_profile',
+           'profile_table', 'core_main']
 
 # %% ../nbs/00_core.ipynb
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class WorldModelKnobs:
     epochs: int = 5                    # training epochs per network, early-stopped on validation; a count,
                                        # never seconds, so a loaded machine trains the same weights
     noise_floor_replicas: int = 8      # SynthICU re-simulations per step for the noise floor (evaluation)
+
+@dataclass(frozen=True)
+class CounterfactualKnobs:
+    "The world model against SynthICU's truth under every action (`12_counterfactual`, evaluation only)."
+    states: int = 2_000                # test decision states, each under all 25 actions
+    replicas: int = 4                  # true futures per state and action (common random numbers)
+    mortality_states: int = 400        # of those, states also followed to day 90 for the mortality effect
+    support_k: int = 100               # training decisions nearest a state that define an action's support
 
 @dataclass(frozen=True)
 class BaselineKnobs:
@@ -172,6 +181,7 @@ class Profile:
                                        # here); else a save_pretrained folder or hub id (paper: Qwen3-4B)
     synthicu: SynthICUKnobs = SynthICUKnobs()
     worldmodel: WorldModelKnobs = WorldModelKnobs()
+    counterfactual: CounterfactualKnobs = CounterfactualKnobs()
     baselines: BaselineKnobs = BaselineKnobs()
     ope: OPEKnobs = OPEKnobs()
     truth: TruthKnobs = TruthKnobs()
@@ -254,6 +264,7 @@ PROFILES: dict[str, Profile] = {
         'quick',
         synthicu=SynthICUKnobs(n_stays=600, site_b_stays=150, hours=48),
         worldmodel=WorldModelKnobs(hidden=32, epochs=3, noise_floor_replicas=3),
+        counterfactual=CounterfactualKnobs(states=120, replicas=2, mortality_states=30),
         baselines=BaselineKnobs(aic_clusters=40, dqn_updates=300),
         ope=OPEKnobs(boot=200), truth=TruthKnobs(replicas=2),
         tiny=TinyKnobs(hidden=128, layers=2, intermediate=384, max_position=4096, n_conversations=120),

@@ -31,8 +31,8 @@ __all__ = ['FEATURES', 'VITALS', 'LABS', 'MIMIC_MOMENTS', 'MIMIC_STATIC_MOMENTS'
            'record_treatment', 'draw_blood', 'true_organ_scores', 'record_truth', 'death_and_discharge',
            'collect_urine', 'after_icu', 'simulate', 'write_site', 'clinician_doses', 'write_truth', 'generate_site',
            'build_synthicu', 'load_or_build_synthicu', 'ffill_steps', 'observed_sofa_components', 'observed_sofa',
-           'raghu_rewards', 'Rollout', 'SynthICU', 'branch_next_states', 'calibration_table', 'plot_calibration',
-           'constant_policy', 'map_response', 'site_summary']
+           'raghu_rewards', 'Rollout', 'SynthICU', 'Futures', 'branch_futures', 'branch_next_states',
+           'calibration_table', 'plot_calibration', 'constant_policy', 'map_response', 'site_summary']
 
 # %% ../nbs/01_synthicu.ipynb
 FEATURES = ['heart_rate', 'sysbp', 'diabp', 'meanbp', 'resp_rate', 'spo2', 'temp_c', 'fio2', 'gcs_eye',
@@ -912,11 +912,13 @@ def ask_policy(policy: Callable, # f(obs4: dict, step) -> (vaso_levels, fluid_le
 # %% ../nbs/01_synthicu.ipynb
 def give_policy_doses(treatment: dict, # what runs now; updated in place
                       level_doses: tuple, # `ask_policy`
+                      rows: np.ndarray | None = None, # stays the policy treats this hour (None: all)
                       ):
     "Run the policy's doses this hour: its norepinephrine and its fluid as an infusion, nothing else."
-    n = len(treatment['ned_main'])
-    treatment['ned_main'], treatment['vasopressin_u_h'] = level_doses[2].astype(float), np.zeros(n)
-    treatment['bolus_ml'], treatment['maint_ml_h'] = np.zeros(n), level_doses[3].astype(float)
+    rows = np.ones(len(treatment['ned_main']), bool) if rows is None else rows
+    for key, dose in [('ned_main', level_doses[2]), ('vasopressin_u_h', 0.0), ('bolus_ml', 0.0),
+                      ('maint_ml_h', level_doses[3])]:
+        treatment[key] = np.where(rows, dose, treatment[key]).astype(float)
 
 def record_treatment(ward: Ward, h: int, # the record, and the hour
                      treatment: dict, # what runs this hour
@@ -1043,10 +1045,15 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
              doses: Doses | None = None, # level -> dose map for `policy`
              show_progress: bool = False, # a progress bar over hours
              branch: tuple[np.ndarray, np.ndarray] | None = None, # (hour, salt) per stay: new noise from then
+             policy_at: np.ndarray | None = None, # per stay, the one decision `policy` makes (the
+                                                  # clinicians make the others); None: it makes all
              ) -> SimResult:
     "Simulate every stay of `params` from ICU admission, all stays at once, hour by hour."
     doses = doses or Doses()
     n = len(params)
+    if policy_at is not None and (policy is None or len(policy_at) != n):
+        raise ValueError(f"policy_at needs a policy and one decision per stay ({n}), got "
+                         f"{None if policy is None else len(policy_at)}")
     patient = patient_arrays(params)
     crn = CRN(params.seed.to_numpy(np.uint64), *(branch or (None, None)))
     hidden = initial_state(params)
@@ -1056,9 +1063,9 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
                      treatment['cum_fluid_l'])
     adm_labs, adm_lab_hour = admission_labs(now, treatment['vent'], crn)
     ward = open_ward(hours, adm_labs, now)
-    level_doses = None
+    level_doses, given = None, treatment      # given: what the patient receives (the plan, or the policy's)
     for h in progress(range(hours), desc=f'SynthICU: {n} stays', disable=not show_progress, leave=False):
-        ned = total_ned(treatment)
+        ned = total_ned(given)
         now = physiology(hidden, patient, ned, treatment['fio2'], treatment['vent'], treatment['cum_fluid_l'])
         vent_hour = treatment['vent'].copy()   # the airway this hour's physiology (and GCS) was made under
         drawn, seen = chart_vitals(ward, h, now, treatment, ned, crn)                        # step 1
@@ -1067,14 +1074,18 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
             if policy is not None:
                 level_doses = ask_policy(policy, row, treatment['vent'], h, doses, ward)
         clinician_airway(treatment, seen, patient, crn, h)                                   # step 3
-        if policy is None or h < DECISION_OFFSET_H:
+        if policy is None or h < DECISION_OFFSET_H or policy_at is not None:
             clinician_fluids_and_vasopressors(treatment, seen, patient, crn, h)
-        else:
-            give_policy_doses(treatment, level_doses)
-        ned = total_ned(treatment)
-        fluid_ml = treatment['bolus_ml'] + treatment['maint_ml_h']
+        given = treatment
+        if policy is not None and h >= DECISION_OFFSET_H:
+            # with policy_at, the clinicians keep their own plan and resume it after the policy's decision
+            given = treatment if policy_at is None else dict(treatment)
+            rows = None if policy_at is None else policy_at == (h - DECISION_OFFSET_H) // 4
+            give_policy_doses(given, level_doses, rows)
+        ned = total_ned(given)
+        fluid_ml = given['bolus_ml'] + given['maint_ml_h']
         treatment['cum_fluid_l'] = treatment['cum_fluid_l'] + fluid_ml / 1000
-        record_treatment(ward, h, treatment, ned, fluid_ml)
+        record_treatment(ward, h, given, ned, fluid_ml)
         ward.seen_prev = dict(seen, ned=ned)
         draw_blood(ward, h, now, drawn, crn)                                                 # step 4
         vent = treatment['vent']                                                             # step 5
@@ -1089,9 +1100,10 @@ def simulate(params: pd.DataFrame, # hidden parameters (rows of `draw_patients`)
         hidden = advance(hidden, patient, now, fluid_ml / 1000, ned, abx_on, np.nan_to_num(uo) / 1000, crn, h)
         ward.active &= ~(dies | leaves)
     death_day, died_90d = after_icu(ward, patient, hours, crn)
-    if policy is None:
-        lv, lf = doses.levels(ward.ned4, ward.fluid4)
-        ward.actions4[..., 0], ward.actions4[..., 1] = lv, lf
+    if policy is None or policy_at is not None:
+        asked = ward.actions4.copy()
+        ward.actions4[..., 0], ward.actions4[..., 1] = doses.levels(ward.ned4, ward.fluid4)
+        if policy_at is not None: ward.actions4[np.arange(n), policy_at] = asked[np.arange(n), policy_at]
     return SimResult(params=params.reset_index(drop=True), hours=hours, chart=ward.chart, labs=ward.labs,
                      lab_minute=ward.lab_minute, adm_labs=adm_labs, adm_lab_hour=adm_lab_hour,
                      treat=ward.treat, urine=ward.urine, latent=ward.latent, obs4=ward.obs4, vent4=ward.vent4,
@@ -1724,31 +1736,60 @@ class SynthICU:
 _PARAM_COLUMNS = set(draw_patients(SITE_A, 1, 0).columns)
 
 # %% ../nbs/01_synthicu.ipynb
+@dataclass
+class Futures:
+    "`replicas` true futures of each (stay, decision k) pair, branched after decision k."
+    obs_next: np.ndarray            # [P, R, 39] observed state at decision k + 1 (raw units, NaN: unmeasured)
+    vent_next: np.ndarray           # [P, R] ventilated at decision k + 1
+    died_90d: np.ndarray | None     # [P, R] death by day 90 (only when followed to the end of the stay)
+
+def branch_futures(hospital: SynthICU, # a built hospital (site A or B)
+                   stay_ids, # stays, one per (stay, step) pair
+                   steps, # decision k of each pair; the replicas share everything up to it
+                   actions: np.ndarray | None = None, # [P, 2] levels given at decision k (None: clinicians)
+                   replicas: int = 8, # futures per pair; replica r draws the same noise for every action
+                   to_end: bool = False, # follow the stays to the end (the clinicians after k) for died_90d
+                   chunk: int = 20_000, # stays simulated at once (memory)
+                   ) -> Futures:
+    "The true futures of each (stay, k): the next observed state, and with `to_end` the 90-day outcome."
+    stay_ids, steps = np.asarray(stay_ids), np.asarray(steps, dtype=int)
+    if len(stay_ids) != len(steps) or (actions is not None and len(actions) != len(steps)):
+        raise ValueError(f"stay_ids ({len(stay_ids)}), steps ({len(steps)}) and actions "
+                         f"({None if actions is None else len(actions)}) must have one row per pair")
+    P, R = len(steps), replicas
+    out = Futures(np.full((P, R, len(FEATURES)), np.nan, np.float32), np.zeros((P, R), bool),
+                  np.zeros((P, R), bool) if to_end else None)
+    params = hospital.params(stay_ids)
+    per = max(1, chunk // R)
+    for k in np.unique(steps):
+        hours = hospital.hours if to_end else 4 * (k + 1) + DECISION_OFFSET_H + 1   # to decision k + 1
+        if 4 * (k + 1) + DECISION_OFFSET_H + 1 > hospital.hours:
+            raise ValueError(f"step {k} + 1 lies beyond the {hospital.hours} simulated hours")
+        rows = np.flatnonzero(steps == k)
+        for r in np.array_split(rows, int(np.ceil(len(rows) / per))):
+            p = params.iloc[np.repeat(r, R)].reset_index(drop=True)
+            fresh_from = np.full(len(p), 4 * k + DECISION_OFFSET_H + 1)   # the hour after decision k
+            policy, at = None, None
+            if actions is not None:
+                given = np.repeat(np.asarray(actions, int)[r], R, axis=0)
+                policy, at = (lambda obs, step, g=given: (g[:, 0], g[:, 1])), np.full(len(p), k)
+            res = simulate(p, hours, branch=(fresh_from, np.tile(np.arange(R), len(r))), policy=policy,
+                           doses=hospital.doses, policy_at=at)
+            out.obs_next[r] = res.obs4[:, k + 1].reshape(len(r), R, -1)
+            out.vent_next[r] = res.vent4[:, k + 1].reshape(len(r), R)
+            if to_end: out.died_90d[r] = res.died_90d.reshape(len(r), R)
+    return out
+
 def branch_next_states(hospital: SynthICU, # a built hospital (site A or B)
                        stay_ids, # stays, one per (stay, step) pair
                        steps, # decision k of each pair; the replicas share everything up to it
                        replicas: int = 8, # futures per pair
                        chunk: int = 20_000, # stays simulated at once (memory)
                        ) -> np.ndarray:
-    ("Observed state at decision k + 1 in `replicas` futures of each (stay, k): [pairs, replicas, 39], "
-     "raw units, NaN = unmeasured.")
-    stay_ids, steps = np.asarray(stay_ids), np.asarray(steps, dtype=int)
-    if len(stay_ids) != len(steps):
-        raise ValueError(f"stay_ids ({len(stay_ids)}) and steps ({len(steps)}) differ in length")
-    out = np.full((len(stay_ids), replicas, len(FEATURES)), np.nan, np.float32)
-    params = hospital.params(stay_ids)
-    per = max(1, chunk // replicas)
-    for k in np.unique(steps):
-        hours = 4 * (k + 1) + DECISION_OFFSET_H + 1          # up to and including decision k + 1
-        if hours > hospital.hours:
-            raise ValueError(f"step {k} + 1 lies beyond the {hospital.hours} simulated hours")
-        rows = np.flatnonzero(steps == k)
-        for r in np.array_split(rows, int(np.ceil(len(rows) / per))):
-            p = params.iloc[np.repeat(r, replicas)].reset_index(drop=True)
-            fresh_from = np.full(len(p), 4 * k + DECISION_OFFSET_H + 1)   # the hour after decision k
-            res = simulate(p, hours, branch=(fresh_from, np.tile(np.arange(replicas), len(r))))
-            out[r] = res.obs4[:, k + 1].reshape(len(r), replicas, -1)
-    return out
+    ("Observed state at decision k + 1 in `replicas` futures of each (stay, k) under the clinicians: "
+     "[pairs, replicas, 39], raw units, NaN = unmeasured.")
+    return branch_futures(hospital, stay_ids, steps, replicas=replicas, chunk=chunk).obs_next
+
 
 # %% ../nbs/01_synthicu.ipynb
 def calibration_table(root: Path | str) -> tuple[pd.DataFrame, dict]:
