@@ -156,7 +156,9 @@ def counterfactual_accuracy(profile: Profile, wm: WorldModel, ep: Episodes,
     clin = data.actions[e, t].numpy()
     model = model_counterfactuals(wm, data, idx)
     truth = true_counterfactuals(hospital, data, ep, idx, cf.replicas)
-    mort_rows = np.arange(min(cf.mortality_states, len(idx)))
+    # spread over the (sorted) draw rather than its first rows
+    n_mort = min(cf.mortality_states, len(idx))
+    mort_rows = np.unique(np.linspace(0, len(idx) - 1, n_mort).round().astype(int))
     died = true_counterfactuals(hospital, data, ep, idx[mort_rows], cf.replicas, to_end=True)['died_90d']
     before = urine_history(data, ep, idx)
     return dict(idx=idx, clinicians=clin, distance=action_distance(ACTIONS[None], clin[:, None]),
