@@ -18,8 +18,8 @@ from .env import state_sofa, SOFA_WINDOW
 # %% auto 0
 __all__ = ['LEVELS', 'ACTIONS', 'DISTANCE_GROUPS', 'SUPPORT_BINS', 'SUPPORT_LABELS', 'EFFECTS', 'action_distance',
            'decision_states', 'action_support', 'with_action', 'model_counterfactuals', 'true_counterfactuals',
-           'monte_carlo_floor', 'urine_history', 'clinical', 'counterfactual_accuracy', 'counterfactual_table',
-           'withdrawal_check', 'effect_error_grid']
+           'monte_carlo_floor', 'urine_history', 'clinical', 'counterfactual_accuracy', 'clinicians_index',
+           'effect_arrays', 'counterfactual_table', 'withdrawal_check', 'effect_error_grid']
 
 # %% ../nbs/12_counterfactual.ipynb
 LEVELS = len(Doses().vaso)                                          # 5
@@ -170,6 +170,18 @@ def counterfactual_accuracy(profile: Profile, wm: WorldModel, ep: Episodes,
                 died_90d=died, mortality_rows=mort_rows, replicas=cf.replicas)
 
 # %% ../nbs/12_counterfactual.ipynb
+def clinicians_index(res: dict) -> np.ndarray:
+    "[P] the clinicians' action of each state as an index into ACTIONS."
+    return (res['clinicians'][:, 0] * LEVELS + res['clinicians'][:, 1]).astype(int)
+
+def effect_arrays(res: dict, quantity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "States scored, the truth's replicas [p, 25, R] and the model's values [p, 25] of one quantity."
+    if quantity == '90-day mortality (%)':
+        rows = res['mortality_rows']
+        return rows, 100 * res['died_90d'].astype(float), res['model'][quantity][rows]
+    rows = np.arange(len(res['idx']))
+    return rows, res['truth_replicas'][quantity], res['model'][quantity]
+
 def _state_mean_ci(err: np.ndarray, # [P, A] with NaN outside the group
                   ) -> tuple[float, float, float, int]:
     "Mean over states of each state's mean, its 95 % normal interval, and the number of states."
@@ -190,16 +202,12 @@ def _groupings(res: dict) -> list[tuple[str, str, np.ndarray]]:
 
 def counterfactual_table(res: dict) -> pd.DataFrame:
     "One row per (grouping, group, quantity): pairs, states, MAE, floor, mean error and CI, sign agreement."
-    P = len(res['idx'])
-    clin = (res['clinicians'][:, 0] * LEVELS + res['clinicians'][:, 1]).astype(int)
+    P, clin = len(res['idx']), clinicians_index(res)
     state_err = np.abs(res['model_z'] - res['true_z'].mean(2)).mean(-1)                 # [P, 25]
     state_floor = monte_carlo_floor(res['true_z']).mean(-1)
     quantities = {'next state (39 features, standardized)': (state_err, state_floor, None, None)}
     for name in EFFECTS:
-        if name == '90-day mortality (%)':
-            rows, reps = res['mortality_rows'], 100 * res['died_90d'].astype(float)
-        else: rows, reps = np.arange(P), res['truth_replicas'][name]
-        model = res['model'][name][rows]
+        rows, reps, model = effect_arrays(res, name)
         full = np.full((P, len(ACTIONS)), np.nan)
         true_eff_r = reps - reps[np.arange(len(rows)), clin[rows]][:, None]               # [p, 25, R]
         model_eff = model - model[np.arange(len(rows)), clin[rows]][:, None]
@@ -244,13 +252,9 @@ def withdrawal_check(res: dict) -> dict:
 # %% ../nbs/12_counterfactual.ipynb
 def effect_error_grid(res: dict, quantity: str) -> np.ndarray:
     "[5, 5] mean effect error (model - truth) of each action (vasopressor rows, fluid columns)."
-    P = len(res['idx'])
-    clin = (res['clinicians'][:, 0] * LEVELS + res['clinicians'][:, 1]).astype(int)
-    if quantity == '90-day mortality (%)':
-        rows, reps = res['mortality_rows'], 100 * res['died_90d'].astype(float)
-    else: rows, reps = np.arange(P), res['truth_replicas'][quantity]
+    clin = clinicians_index(res)
+    rows, reps, model = effect_arrays(res, quantity)
     true = reps.mean(2)
-    model = res['model'][quantity][rows]
     r = np.arange(len(rows))
     err = (model - model[r, clin[rows]][:, None]) - (true - true[r, clin[rows]][:, None])
     err[r, clin[rows]] = np.nan
